@@ -1,0 +1,136 @@
+"""``struct tcp_info`` bytes -> ``TcpInfo``.  Pure.
+
+The kernel's ``struct tcp_info`` only ever grows at its end, and
+``getsockopt(TCP_INFO)`` returns as many bytes as the running kernel knows
+(104 in the oldest layout, 232 on 5.4, 280 on 6.18).  So the layout is a table
+of (name, offset, format, first kernel), and a field exists in a given
+TCP_INFO exactly when its bytes lie within the returned length.  Parsing never
+fails: any length, even 0, is a valid prefix.
+
+Source of offsets: Linux ``include/uapi/linux/tcp.h`` (Debian's
+linux-libc-dev 6.1 for everything up to ``tcpi_snd_wnd``; the AccECN counters
+appended in 6.18).  Native byte order: the bytes come from this machine's
+kernel.  Times are microseconds unless named otherwise.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+
+class TcpInfoField(NamedTuple):
+    name: str
+    offset: int
+    format: str  # struct format of the value, native byte order
+    since: str  # first kernel version with the field
+    bits: tuple[int, int] | None = None  # (shift, width) for bitfields
+
+
+#: Every field we name, in struct order.
+TCP_INFO_LAYOUT: tuple[TcpInfoField, ...] = (
+    TcpInfoField("state", 0, "B", "2.6"),
+    TcpInfoField("ca_state", 1, "B", "2.6"),
+    TcpInfoField("retransmits", 2, "B", "2.6"),
+    TcpInfoField("probes", 3, "B", "2.6"),
+    TcpInfoField("backoff", 4, "B", "2.6"),
+    TcpInfoField("options", 5, "B", "2.6"),
+    TcpInfoField("snd_wscale", 6, "B", "2.6", (0, 4)),
+    TcpInfoField("rcv_wscale", 6, "B", "2.6", (4, 4)),
+    TcpInfoField("delivery_rate_app_limited", 7, "B", "4.9", (0, 1)),
+    TcpInfoField("fastopen_client_fail", 7, "B", "5.5", (1, 2)),
+    TcpInfoField("rto", 8, "I", "2.6"),
+    TcpInfoField("ato", 12, "I", "2.6"),
+    TcpInfoField("snd_mss", 16, "I", "2.6"),
+    TcpInfoField("rcv_mss", 20, "I", "2.6"),
+    TcpInfoField("unacked", 24, "I", "2.6"),
+    TcpInfoField("sacked", 28, "I", "2.6"),
+    TcpInfoField("lost", 32, "I", "2.6"),
+    TcpInfoField("retrans", 36, "I", "2.6"),
+    TcpInfoField("fackets", 40, "I", "2.6"),
+    TcpInfoField("last_data_sent", 44, "I", "2.6"),
+    TcpInfoField("last_ack_sent", 48, "I", "2.6"),
+    TcpInfoField("last_data_recv", 52, "I", "2.6"),
+    TcpInfoField("last_ack_recv", 56, "I", "2.6"),
+    TcpInfoField("pmtu", 60, "I", "2.6"),
+    TcpInfoField("rcv_ssthresh", 64, "I", "2.6"),
+    TcpInfoField("rtt", 68, "I", "2.6"),
+    TcpInfoField("rttvar", 72, "I", "2.6"),
+    TcpInfoField("snd_ssthresh", 76, "I", "2.6"),
+    TcpInfoField("snd_cwnd", 80, "I", "2.6"),
+    TcpInfoField("advmss", 84, "I", "2.6"),
+    TcpInfoField("reordering", 88, "I", "2.6"),
+    TcpInfoField("rcv_rtt", 92, "I", "2.6"),
+    TcpInfoField("rcv_space", 96, "I", "2.6"),
+    TcpInfoField("total_retrans", 100, "I", "2.6"),
+    TcpInfoField("pacing_rate", 104, "Q", "3.15"),
+    TcpInfoField("max_pacing_rate", 112, "Q", "3.15"),
+    TcpInfoField("bytes_acked", 120, "Q", "4.1"),
+    TcpInfoField("bytes_received", 128, "Q", "4.1"),
+    TcpInfoField("segs_out", 136, "I", "4.2"),
+    TcpInfoField("segs_in", 140, "I", "4.2"),
+    TcpInfoField("notsent_bytes", 144, "I", "4.6"),
+    TcpInfoField("min_rtt", 148, "I", "4.6"),
+    TcpInfoField("data_segs_in", 152, "I", "4.6"),
+    TcpInfoField("data_segs_out", 156, "I", "4.6"),
+    TcpInfoField("delivery_rate", 160, "Q", "4.9"),
+    TcpInfoField("busy_time", 168, "Q", "4.10"),
+    TcpInfoField("rwnd_limited", 176, "Q", "4.10"),
+    TcpInfoField("sndbuf_limited", 184, "Q", "4.10"),
+    TcpInfoField("delivered", 192, "I", "4.18"),
+    TcpInfoField("delivered_ce", 196, "I", "4.18"),
+    TcpInfoField("bytes_sent", 200, "Q", "4.19"),
+    TcpInfoField("bytes_retrans", 208, "Q", "4.19"),
+    TcpInfoField("dsack_dups", 216, "I", "4.19"),
+    TcpInfoField("reord_seen", 220, "I", "4.19"),
+    TcpInfoField("rcv_ooopack", 224, "I", "5.4"),
+    TcpInfoField("snd_wnd", 228, "I", "5.4"),
+    TcpInfoField("rcv_wnd", 232, "I", "6.2"),
+    TcpInfoField("rehash", 236, "I", "6.2"),
+    TcpInfoField("total_rto", 240, "H", "6.7"),
+    TcpInfoField("total_rto_recoveries", 242, "H", "6.7"),
+    TcpInfoField("total_rto_time", 244, "I", "6.7"),
+    TcpInfoField("received_ce", 248, "I", "6.18"),
+    TcpInfoField("delivered_e1_bytes", 252, "I", "6.18"),
+    TcpInfoField("delivered_e0_bytes", 256, "I", "6.18"),
+    TcpInfoField("delivered_ce_bytes", 260, "I", "6.18"),
+    TcpInfoField("received_e1_bytes", 264, "I", "6.18"),
+    TcpInfoField("received_e0_bytes", 268, "I", "6.18"),
+    TcpInfoField("received_ce_bytes", 272, "I", "6.18"),
+)
+
+_READERS = tuple(
+    (f.name, f.offset + struct.calcsize(f.format), struct.Struct("=" + f.format), f.offset, f.bits)
+    for f in TCP_INFO_LAYOUT
+)
+
+
+class TcpInfo(NamedTuple):
+    """The named fields present in one TCP_INFO; ``raw`` is what the kernel returned."""
+
+    raw: bytes
+    values: dict[str, int]
+
+    def get(self, name: str) -> int | None:
+        return self.values.get(name)
+
+    @property
+    def rtt(self) -> int | None:
+        """Smoothed RTT in microseconds; at accept, the handshake RTT."""
+        return self.values.get("rtt")
+
+
+def parse_tcp_info(data: bytes | bytearray | memoryview) -> TcpInfo:
+    """Decode the fields that fit in ``data``; unknown trailing bytes are kept in ``raw``."""
+    raw = bytes(data)
+    n = len(raw)
+    values: dict[str, int] = {}
+    for name, end, reader, offset, bits in _READERS:
+        if end > n:
+            break
+        value = reader.unpack_from(raw, offset)[0]
+        if bits is not None:
+            shift, width = bits
+            value = value >> shift & ((1 << width) - 1)
+        values[name] = value
+    return TcpInfo(raw, values)
