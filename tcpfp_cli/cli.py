@@ -9,6 +9,7 @@ stderr, never a traceback.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -93,6 +94,64 @@ def _render(outcome, chosen, names, json_lines: bool, just_fields: bool) -> str:
     if just_fields:
         return decoding.syn_fields_line(result, chosen)
     return f"# {outcome.label}\n{decoding.syn_table(result, chosen)}\n"
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option("--port", help="Listen on this port on every address ([::], dual-stack).")] = 80,
+    listen: Annotated[Optional[list[str]], typer.Option(
+        "--listen", metavar="ADDR:PORT", help="Listen here instead (repeatable): 0.0.0.0:80, [::1]:8080.")] = None,
+    log: Annotated[Optional[str], typer.Option("--log", metavar="FILE", help="Access log file (default: stdout).")] = None,
+    log_format: Annotated[str, typer.Option(
+        "--log-format", metavar="FMT",
+        help="Apache LogFormat string, or common, combined, tcpfp (combined + every scalar field).")] = "tcpfp",
+    no_saved_syn: Annotated[bool, typer.Option("--no-saved-syn", help="Do not read TCP_SAVED_SYN.")] = False,
+    no_tcp_info: Annotated[bool, typer.Option("--no-tcp-info", help="Do not read TCP_INFO.")] = False,
+    body: Annotated[Optional[Path], typer.Option(
+        "--body", metavar="FILE", help="Serve this file to every request instead of the fingerprint.")] = None,
+    cgi_dir: Annotated[Optional[Path], typer.Option(
+        "--cgi-dir", metavar="DIR", help="Run executables in DIR for requests under /cgi-bin/.")] = None,
+    env_vars: Annotated[bool, typer.Option("--env-vars", help="Give CGI scripts the FINGERPRINT_* fields.")] = False,
+    env_tcp_info: Annotated[bool, typer.Option("--env-tcp-info", help="Give CGI scripts FINGERPRINT_TCP_INFO.")] = False,
+    env_saved_syn: Annotated[bool, typer.Option("--env-saved-syn", help="Give CGI scripts FINGERPRINT_SAVED_SYN.")] = False,
+    max_line: Annotated[int, typer.Option("--max-line", help="Longest request line or header line, bytes.")] = 8190,
+    max_headers: Annotated[int, typer.Option("--max-headers", help="Most header fields in a request.")] = 100,
+    request_timeout: Annotated[float, typer.Option("--request-timeout", help="Seconds to receive a request head.")] = 20.0,
+    keepalive_timeout: Annotated[float, typer.Option("--keepalive-timeout", help="Idle seconds between requests.")] = 5.0,
+    max_connections: Annotated[int, typer.Option("--max-connections", help="Open connections at most.")] = 10000,
+    cgi_timeout: Annotated[float, typer.Option("--cgi-timeout", help="Seconds a CGI script may run.")] = 10.0,
+    user: Annotated[Optional[str], typer.Option("--user", metavar="NAME", help="Drop root to this user after binding.")] = None,
+    loop: Annotated[str, typer.Option("--loop", help="Event loop: auto (uvloop if installed), asyncio, uvloop.")] = "auto",
+) -> None:
+    """Listen for HTTP, fingerprint every client's SYN, and write an Apache-style access log."""
+    from .httpwire import Limits
+    from .logformat import compile_format
+    from .server import ServerConfig, parse_listen
+    from .server import serve as run_server
+
+    try:
+        config = ServerConfig(
+            listen=[parse_listen(t) for t in listen] if listen else [("::", port)],
+            log_format=compile_format(log_format), log_path=log,
+            saved_syn=not no_saved_syn, tcp_info=not no_tcp_info,
+            body=_read_body(body), cgi_dir=cgi_dir,
+            env_vars=env_vars, env_tcp_info=env_tcp_info, env_saved_syn=env_saved_syn,
+            limits=Limits(max_line, max_headers), request_timeout=request_timeout,
+            keepalive_timeout=keepalive_timeout, max_connections=max_connections,
+            cgi_timeout=cgi_timeout, user=user,
+        )
+        run_server(config, loop)
+    except TcpfpError as error:
+        raise fail(str(error)) from None
+
+
+def _read_body(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise TcpfpError(f"--body {path}: {error.strerror}") from None
 
 
 @app.callback(invoke_without_command=True)

@@ -143,9 +143,13 @@ def render(field: Field, obs: Observation) -> str:
     return "-" if value is None else str(value)
 
 
-def environment(obs: Observation, *, tcp_info: bool = False, saved_syn: bool = False) -> dict[str, str]:
-    """The CGI variables of the module's TCPFingerprintEnvVars (plus the two dumps if asked)."""
-    env = {f.name: render(f, obs) for f in SCALAR_FIELDS}
+def environment(
+    obs: Observation, *, scalars: bool = True, tcp_info: bool = False, saved_syn: bool = False
+) -> dict[str, str]:
+    """CGI variables: the scalar fields (the module's TCPFingerprintEnvVars) and, each
+    on its own switch, the TCP_INFO and SAVED_SYN dumps (TCPFingerprintEnvTCPInfo,
+    TCPFingerprintEnvSavedSYN)."""
+    env = {f.name: render(f, obs) for f in SCALAR_FIELDS} if scalars else {}
     if tcp_info:
         env["FINGERPRINT_TCP_INFO"] = render(BY_NAME["FINGERPRINT_TCP_INFO"], obs)
     if saved_syn:

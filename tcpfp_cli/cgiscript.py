@@ -1,0 +1,123 @@
+"""CGI/1.1 (RFC 3875) for ``tcpfp serve --cgi-dir``: the module's environment variables at work.
+
+Safety first, because the listener faces the internet: no shell is ever
+involved (the script is executed directly), only regular executable files
+whose real path lies inside the CGI directory are run, each run has a
+timeout after which the script is killed, and its output is read up to a
+bound.  Anything that goes wrong is a 500 for the client and a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from urllib.parse import unquote_to_bytes
+
+from .httpwire import RequestHead
+
+PREFIX = b"/cgi-bin/"
+
+
+class CgiFailure(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(reason)
+
+
+def resolve(cgi_dir: Path, path: bytes) -> tuple[Path, str, str]:
+    """(script, SCRIPT_NAME, PATH_INFO) for a request path under /cgi-bin/, or CgiFailure."""
+    rest = unquote_to_bytes(path[len(PREFIX):]).decode("utf-8", "surrogateescape")
+    name, _, info = rest.partition("/")
+    if not name or name.startswith(".") or "\0" in rest:
+        raise CgiFailure(404, "no such script")
+    root = cgi_dir.resolve()
+    script = (root / name).resolve()
+    if script.parent != root or not script.is_file():
+        raise CgiFailure(404, "no such script")
+    if not os.access(script, os.X_OK):
+        raise CgiFailure(403, "script is not executable")
+    return script, "/cgi-bin/" + name, ("/" + info) if info else ""
+
+
+def parse_output(output: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Split a CGI response into status, headers and body (RFC 3875 section 6)."""
+    for separator in (b"\r\n\r\n", b"\n\n"):
+        end = output.find(separator)
+        if end >= 0:
+            head, body = output[:end], output[end + len(separator):]
+            break
+    else:
+        raise CgiFailure(500, "script output has no header section")
+    status = 200
+    headers: list[tuple[str, str]] = []
+    for line in head.replace(b"\r\n", b"\n").split(b"\n"):
+        name, colon, value = line.decode("latin-1").partition(":")
+        if not colon or not name.strip():
+            raise CgiFailure(500, "malformed header in script output")
+        name, value = name.strip(), value.strip()
+        if name.lower() == "status":
+            code = value.split(" ", 1)[0]
+            if not (code.isdigit() and 100 <= int(code) <= 599):
+                raise CgiFailure(500, "bad Status header in script output")
+            status = int(code)
+        elif name.lower() == "location" and status == 200:
+            status = 302
+            headers.append((name, value))
+        else:
+            headers.append((name, value))
+    if not any(k.lower() in ("content-type", "location") for k, _ in headers):
+        raise CgiFailure(500, "script output has no Content-Type")
+    return status, headers, body
+
+
+async def run_cgi(
+    cgi_dir: Path, head: RequestHead, body: bytes, env: dict[str, str], *,
+    timeout: float, max_output: int,
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Run the script a request names; (status, headers, body).  Never raises CgiFailure."""
+    try:
+        script, script_name, path_info = resolve(cgi_dir, head.path)
+    except CgiFailure as failure:
+        return failure.status, [], f"{failure.reason}\n".encode()
+    env = dict(env, SCRIPT_NAME=script_name, PATH_INFO=path_info,
+               SCRIPT_FILENAME=str(script))
+    process = await asyncio.create_subprocess_exec(
+        str(script), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL, env=env, cwd=str(script.parent),
+        start_new_session=True,
+    )
+    try:
+        output = await asyncio.wait_for(_collect(process, body, max_output), timeout)
+    except (asyncio.TimeoutError, CgiFailure) as error:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+        reason = "script timed out" if isinstance(error, asyncio.TimeoutError) else str(error)
+        return 500, [], f"{reason}\n".encode()
+    if process.returncode != 0:
+        return 500, [], f"script exited with status {process.returncode}\n".encode()
+    try:
+        return parse_output(output)
+    except CgiFailure as failure:
+        return failure.status, [], f"{failure.reason}\n".encode()
+
+
+async def _collect(process: asyncio.subprocess.Process, body: bytes, max_output: int) -> bytes:
+    assert process.stdin and process.stdout
+    try:
+        process.stdin.write(body)
+        await process.stdin.drain()
+        process.stdin.close()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await process.stdout.read(65536):
+        size += len(chunk)
+        if size > max_output:
+            raise CgiFailure(500, "script output too large")
+        chunks.append(chunk)
+    await process.wait()
+    return b"".join(chunks)

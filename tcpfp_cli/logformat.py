@@ -1,0 +1,618 @@
+"""Apache ``LogFormat`` strings -> a line writer and its exact inverse, a line parser.
+
+Strategy.  ``compile_format`` reads the format once into ``items``: literal
+text and directives (``%>s``, ``%{User-Agent}i``, ``%{FINGERPRINT_TCP_RTT}g``).
+From that one sequence we derive both directions, so they cannot disagree:
+
+- the writer: one small function per directive, plus the literals (and the
+  constant ``%l``/``%u``) folded into a ``%``-template, so a line is
+  ``template % tuple([f(record) for f in writers])``.  ``serve`` writes one
+  line per request, so nothing is looked up by name at write time.  A run of
+  ``%{FINGERPRINT_*}g`` fields of one source (the SYN, TCP_INFO, ...) is one
+  function that keeps its last text and the objects it was rendered from:
+  the requests of a keep-alive connection render the SYN fields once;
+- the parser: one regular expression with a group per directive, built from
+  what each directive can produce (digits, a bracketed time, Apache-escaped
+  text).  ``LogFormat.pattern`` and ``LogFormat.items`` are public so the
+  vectorised reader of ``report`` can reuse them without reading the format
+  string again.
+
+Escaping is Apache's (``ap_escape_logitem`` in ``server/util.c``, used by
+mod_log_config for ``%r %U %q %m %H %h %l %u %{..}i %{..}o %{..}e``): ``"``
+and ``\\`` get a backslash; BS, LF, CR, TAB and VT become ``\\b \\n \\r \\t
+\\v``; every other byte that is not printable ASCII (controls, 0x7f and
+everything from 0x80) becomes ``\\xhh`` with lowercase hex.  Space and ``%``
+are written as they are.  The parser undoes this, mapping ``\\xhh`` to the
+character U+00hh, so a value reads back as its bytes decoded as latin-1.
+``str`` values (response headers, environment) are escaped as the latin-1
+bytes they stand for (characters beyond U+00FF as their UTF-8 bytes).
+
+Parsing rules, documented once:
+
+- a value equal to ``-`` is ``None`` (Apache writes ``-`` for a missing value,
+  so a request line that is literally ``-`` reads back as ``None`` too);
+- a space in the format matches one or more spaces, and spaces around the
+  line are ignored (the module's README right-aligns numbers);
+- a directive between double quotes (``"%r"``) may hold any escaped text;
+  a directive outside quotes cannot hold a space (``%t`` excepted: it is
+  bracketed, and parses to the text between the brackets, see
+  ``CLF_TIME_FORMAT``).
+
+Errors: a bad format raises ``LogFormatError`` (``format``, ``position``); a
+line that does not fit raises ``LogLineError`` (``reason``, ``column``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from operator import attrgetter, is_
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+from .errors import TcpfpError, UnknownField
+from .fields import BY_NAME, FIELDS, Field, Observation, lookup, render
+
+__all__ = [
+    "AccessRecord",
+    "CLF_TIME_FORMAT",
+    "Directive",
+    "Literal",
+    "LogFormat",
+    "LogFormatError",
+    "LogLineError",
+    "NAMED_FORMATS",
+    "compile_format",
+    "escape",
+    "unescape",
+]
+
+#: ``datetime.strptime`` format of a parsed ``%t`` value (brackets removed).
+CLF_TIME_FORMAT = "%d/%b/%Y:%H:%M:%S %z"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class LogFormatError(TcpfpError):
+    """A LogFormat string we cannot compile; ``position`` is the character where it went wrong."""
+
+    def __init__(self, reason: str, fmt: str, position: int) -> None:
+        self.reason = reason
+        self.format = fmt
+        self.position = position
+        super().__init__(f"bad log format at character {position}: {reason} (in {fmt!r})")
+
+
+class LogLineError(TcpfpError):
+    """A log line that does not fit the format; ``column`` is the character where it stops fitting."""
+
+    def __init__(self, reason: str, column: int) -> None:
+        self.reason = reason
+        self.column = column
+        super().__init__(f"log line does not match the format at character {column}: {reason}")
+
+
+# --------------------------------------------------------------------------- the record
+
+
+class AccessRecord(NamedTuple):
+    """What one request gives its log line.  A NamedTuple: built per request, cheaply."""
+
+    remote_addr: str  # IPv4 form for an IPv4-mapped peer
+    remote_port: int
+    local_addr: str
+    local_port: int
+    start_time: float  # epoch seconds, request start
+    request_line: bytes  # the raw first line, without CR/LF; may be junk
+    method: bytes | None  # None when the request line could not be parsed
+    path: bytes | None
+    query: bytes | None  # b"?a=1", or b"" when there is none (Apache's %q)
+    protocol: bytes | None
+    status: int
+    bytes_sent: int  # body bytes
+    duration_us: int
+    keepalive: int  # keep-alive requests served on this connection before this one (%k)
+    request_headers: Mapping[str, bytes]  # lowercased names
+    response_headers: Mapping[str, str]  # lowercased names
+    env: Mapping[str, str]
+    observation: Observation
+
+
+# --------------------------------------------------------------------------- escaping
+
+_ESCAPES = {0x08: "\\b", 0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x0B: "\\v", 0x22: '\\"', 0x5C: "\\\\"}
+#: byte -> its text in a log line (Apache's T_ESCAPE_LOGITEM characters escaped).
+_ESCAPE_TABLE: dict[int, str] = {
+    b: _ESCAPES.get(b, f"\\x{b:02x}") for b in range(256) if b < 0x20 or b >= 0x7F or b in _ESCAPES
+}
+_NEEDS_ESCAPE_B = re.compile(rb'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+_NEEDS_ESCAPE_S = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
+
+
+def escape(value: bytes | str | None) -> str:
+    """``value`` as Apache writes it in a log line; ``None`` is ``-``."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        if _NEEDS_ESCAPE_S.search(value) is None:
+            return value
+        try:
+            value = value.encode("latin-1")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8")
+    elif _NEEDS_ESCAPE_B.search(value) is None:
+        return value.decode("ascii")
+    return value.decode("latin-1").translate(_ESCAPE_TABLE)
+
+
+_UNESCAPES = {'"': '"', "\\": "\\", "b": "\b", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+_ESCAPED = re.compile(r"\\(x[0-9a-fA-F]{2}|.)", re.DOTALL)
+
+
+def _unescape_one(m: re.Match[str]) -> str:
+    code = m.group(1)
+    if len(code) == 3:
+        return chr(int(code[1:], 16))
+    return _UNESCAPES.get(code, m.group(0))  # an escape Apache never writes stays as it is
+
+
+def unescape(text: str) -> str:
+    """The inverse of ``escape``: ``\\xhh`` becomes U+00hh."""
+    if "\\" not in text:
+        return text
+    return _ESCAPED.sub(_unescape_one, text)
+
+
+# --------------------------------------------------------------------------- time
+
+
+def _clf_time_writer() -> Callable[[float], str]:
+    """``[10/Oct/2000:13:55:36 -0700]`` in local time; one string per second, cached."""
+    months = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+    cache: list[object] = [None, ""]
+
+    def clf_time(t: float) -> str:
+        second = int(t // 1)
+        if cache[0] == second:
+            return cache[1]  # type: ignore[return-value]
+        tm = time.localtime(second)
+        offset = (tm.tm_gmtoff or 0) // 60
+        sign = "-" if offset < 0 else "+"
+        offset = abs(offset)
+        text = (
+            f"[{tm.tm_mday:02d}/{months[tm.tm_mon - 1]}/{tm.tm_year}:"
+            f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d} {sign}{offset // 60:02d}{offset % 60:02d}]"
+        )
+        cache[0], cache[1] = second, text
+        return text
+
+    return clf_time
+
+
+# --------------------------------------------------------------------------- compiled items
+
+
+class Literal(NamedTuple):
+    text: str  # after the format's own escapes (\" \t \n ...)
+
+
+class Directive(NamedTuple):
+    text: str  # as written in the format, e.g. '%>s', '%{User-Agent}i'
+    letter: str  # 'h', 's', 'i', 'g', ...
+    arg: str | None  # what was between the braces
+    column: str  # name of the parsed column
+    kind: str  # 'int', 'text', 'time', or the field's kind for %{..}g ('int', 'text', 'hex')
+    escaped: bool  # written through ``escape``; the parser unescapes it
+    quoted: bool  # stands alone between double quotes: may hold spaces
+    pattern: str  # regular expression of its value (no groups); for %t, the text inside the brackets
+    position: int  # character position in the format string
+
+
+Item = Literal | Directive
+
+NAMED_FORMATS: dict[str, str] = {
+    "common": '%h %l %u %t "%r" %>s %b',
+    "combined": '%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-Agent}i"',
+}
+NAMED_FORMATS["tcpfp"] = NAMED_FORMATS["combined"] + "".join(
+    f' "%{{{f.name}}}g"' if f.kind == "text" else f" %{{{f.name}}}g" for f in FIELDS if f.scalar
+)
+
+_INT = r"-?[0-9]+|-"
+_TEXT = r'(?:[^\s"\\]|\\\S)*'  # escaped text without spaces
+_QUOTED = r'[^"\\]*(?:\\.[^"\\]*)*'  # escaped text up to the closing quote
+_QUERY = r"(?:\?" + _TEXT + ")?"  # %q: empty, or '?' and escaped text
+_TIME = r"[^\]]*"
+
+_R = AccessRecord
+
+#: Directives without an argument: letter -> (column, kind, escaped, writer).
+_SIMPLE: dict[str, tuple[str, str, bool, Callable[[_R], str]]] = {
+    "h": ("remote_host", "text", True, lambda r: escape(r.remote_addr)),
+    "a": ("remote_addr", "text", False, lambda r: r.remote_addr),
+    "A": ("local_addr", "text", False, lambda r: r.local_addr),
+    "l": ("ident", "text", True, lambda r: "-"),
+    "u": ("user", "text", True, lambda r: "-"),
+    "r": ("request", "text", True, lambda r: escape(r.request_line)),
+    "m": ("method", "text", True, lambda r: escape(r.method)),
+    "U": ("path", "text", True, lambda r: escape(r.path)),
+    "q": ("query", "text", True, lambda r: "" if r.query is None else escape(r.query)),
+    "H": ("protocol", "text", True, lambda r: escape(r.protocol)),
+    "s": ("status", "int", False, lambda r: str(r.status)),
+    "b": ("bytes", "int", False, lambda r: str(r.bytes_sent) if r.bytes_sent else "-"),
+    "B": ("bytes", "int", False, lambda r: str(r.bytes_sent)),
+    "D": ("duration_us", "int", False, lambda r: str(r.duration_us)),
+    "k": ("keepalive", "int", False, lambda r: str(r.keepalive)),
+}
+_ALL_LETTERS = "%a %A %b %B %D %e %g %h %H %i %k %l %m %o %p %q %r %s %t %T %u %U"
+
+
+class LogFormat:
+    """A compiled LogFormat: ``write(record) -> str`` and ``parse(line) -> dict``."""
+
+    def __init__(self, fmt: str, items: tuple[Item, ...], writers: list[_Writer]) -> None:
+        self.format = fmt
+        self.items = items
+        self.directives: tuple[Directive, ...] = tuple(i for i in items if isinstance(i, Directive))
+        self.columns: tuple[str, ...] = tuple(d.column for d in self.directives)
+        self._template, self._writers = _build_writer(items, writers)
+        self._parts = _regex_parts(items)
+        self.pattern = "".join(self._parts)  # one group per directive, in ``columns`` order
+        self._regex = re.compile(self.pattern, re.DOTALL)
+        self._prefixes: dict[int, re.Pattern[str]] = {}
+        self._decoders = tuple(
+            (d.column, d.escaped and d.kind == "text") for d in self.directives
+        )
+
+    def __repr__(self) -> str:
+        return f"LogFormat({self.format!r})"
+
+    def write(self, record: AccessRecord) -> str:
+        """One log line for ``record``, without the newline."""
+        return self._template % tuple([w(record) for w in self._writers])
+
+    def parse(self, line: str) -> dict[str, str | None]:
+        """The values of a line this format wrote, by column; ``-`` is ``None``."""
+        line = line.rstrip("\r\n")
+        m = self._regex.fullmatch(line)
+        if m is None:
+            raise self._diagnose(line)
+        out: dict[str, str | None] = {}
+        for (column, unesc), value in zip(self._decoders, m.groups()):
+            if value == "-":
+                out[column] = None
+            elif unesc and "\\" in value:
+                out[column] = unescape(value)
+            else:
+                out[column] = value
+        return out
+
+    def _diagnose(self, line: str) -> LogLineError:
+        if not line.strip():
+            return LogLineError("the line is empty", 0)
+        parts = self._parts
+        # The longest prefix of the items that still matches shows where the line stops fitting.
+        end = 0
+        for k in range(1, len(parts) + 1):
+            prefix = self._prefixes.get(k)
+            if prefix is None:
+                prefix = self._prefixes[k] = re.compile("".join(parts[:k]), re.DOTALL)
+            m = prefix.match(line)
+            if m is None:
+                early = "the line ends early: " if not line[end:].strip() else ""
+                return LogLineError(f"{early}expected {_describe(self.items[k - 2])}", end)
+            end = m.end()
+        return LogLineError("unexpected text after the last field", end)
+
+
+def _describe(item: Item) -> str:
+    """What the parser expected where ``item`` should be, for LogLineError."""
+    if isinstance(item, Literal):
+        return f"the literal text {item.text!r}"
+    if item.quoted:
+        return f"the quoted text of {item.text} ({item.column}) and its closing quote"
+    if item.kind == "time":
+        return f"a bracketed time [dd/Mon/yyyy:hh:mm:ss +zzzz] for {item.text}"
+    if item.kind == "int":
+        return f"a number or - for {item.text} ({item.column})"
+    return f"text without spaces for {item.text} ({item.column})"
+
+
+def _regex_parts(items: tuple[Item, ...]) -> list[str]:
+    """Regular expression pieces: ' *' for the line's leading spaces, then one per item."""
+    parts = [" *"]
+    last = len(items) - 1
+    for n, item in enumerate(items):
+        if isinstance(item, Directive):
+            if item.kind == "time":
+                parts.append(rf"\[({item.pattern})\]")
+            else:
+                parts.append(f"({item.pattern})")
+            continue
+        piece = []
+        for run in re.findall(r" +|[^ ]+", item.text):
+            if run[0] == " ":
+                piece.append(" +")
+            else:
+                piece.append(re.escape(run))
+        text = "".join(piece)
+        if n == 0 and text.startswith(" +"):
+            text = text[2:]
+        if n == last and text.endswith(" +"):
+            text = text[:-2] + " *"
+        parts.append(text)
+    if not (items and isinstance(items[-1], Literal) and parts[-1].endswith(" *")):
+        parts[-1] = parts[-1] + " *"
+    return parts
+
+
+# --------------------------------------------------------------------------- compiling
+
+
+def compile_format(fmt: str) -> LogFormat:
+    """Compile a named format (``common``, ``combined``, ``tcpfp``) or a LogFormat string."""
+    source = NAMED_FORMATS.get(fmt, fmt)
+    items, writers = _Compiler(source).run()
+    return LogFormat(source, items, writers)
+
+
+_FORMAT_ESCAPES = {'"': '"', "\\": "\\", "t": "\t", "n": "\n", "r": "\r"}
+
+
+class _Compiler:
+    def __init__(self, fmt: str) -> None:
+        self.fmt = fmt
+        self.items: list[Item] = []
+        self.writers: list[_Writer] = []
+
+    def error(self, reason: str, position: int) -> LogFormatError:
+        return LogFormatError(reason, self.fmt, position)
+
+    def run(self) -> tuple[tuple[Item, ...], list[_Writer]]:
+        fmt, i, n = self.fmt, 0, len(self.fmt)
+        text: list[str] = []
+        while i < n:
+            c = fmt[i]
+            if c == "\\" and i + 1 < n and fmt[i + 1] in _FORMAT_ESCAPES:
+                text.append(_FORMAT_ESCAPES[fmt[i + 1]])
+                i += 2
+            elif c != "%":
+                text.append(c)
+                i += 1
+            elif i + 1 < n and fmt[i + 1] == "%":
+                text.append("%")
+                i += 2
+            else:
+                if text:
+                    self.items.append(Literal("".join(text)))
+                    text = []
+                i = self.directive(i)
+        if text:
+            self.items.append(Literal("".join(text)))
+        if not any(isinstance(item, Directive) for item in self.items):
+            names = ", ".join(NAMED_FORMATS)
+            raise self.error(f"no % directive, and not a named format ({names})", 0)
+        return self._mark_quoted(), self.writers
+
+    def directive(self, start: int) -> int:
+        """Read one directive at ``fmt[start] == '%'``; return the index after it."""
+        fmt, n = self.fmt, len(self.fmt)
+        i = start + 1
+        arg: str | None = None
+        statuses: list[int] = []
+        negate = False
+        while True:
+            if i >= n:
+                raise self.error("the format ends inside a % directive", start)
+            c = fmt[i]
+            if c in "<>":
+                i += 1
+            elif c == "!":
+                negate = True
+                i += 1
+            elif c == ",":
+                i += 1
+            elif c.isdigit():
+                j = i
+                while j < n and fmt[j].isdigit():
+                    j += 1
+                code = int(fmt[i:j])
+                if not 100 <= code <= 999:
+                    raise self.error(f"status condition {fmt[i:j]} is not an HTTP status", i)
+                statuses.append(code)
+                i = j
+            elif c == "{":
+                if arg is not None:
+                    raise self.error("two {...} arguments in one directive", i)
+                close = fmt.find("}", i + 1)
+                if close < 0:
+                    raise self.error("unterminated %{ (no closing brace)", i)
+                arg = fmt[i + 1 : close]
+                i = close + 1
+            else:
+                break
+        letter = fmt[i]
+        text = fmt[start : i + 1]
+        column, kind, escaped, writer = self.resolve(letter, arg, text, start)
+        if letter in "lu":
+            spec = _Writer(writer, None, "-")  # Apache's "-" whatever the status
+        elif statuses:
+            spec = _Writer(_conditional(writer, frozenset(statuses), negate), None, None)
+        else:
+            spec = _Writer(writer, BY_NAME[column] if letter == "g" else None, None)
+        if letter == "q":
+            pattern = _QUERY
+        elif letter == "U":
+            pattern = _TEXT + "?"  # lazy, so that %U%q splits at the first '?'
+        elif escaped:
+            pattern = _TEXT
+        elif kind == "int":
+            pattern = _INT
+        elif kind == "time":
+            pattern = _TIME
+        else:
+            pattern = r'[^\s"]*'
+        self.items.append(Directive(text, letter, arg, column, kind, escaped, False, pattern, start))
+        self.writers.append(spec)
+        return i + 1
+
+    def resolve(self, letter: str, arg: str | None, text: str, at: int) -> tuple[str, str, bool, Callable[[_R], str]]:
+        takes_arg = letter in "ieogpT"
+        if arg is not None and not takes_arg:
+            raise self.error(f"{text}: %{letter} takes no {{...}} argument here", at)
+        if letter in _SIMPLE:
+            return _SIMPLE[letter]
+        if letter == "t":
+            clf_time = _clf_time_writer()
+            return "time", "time", False, lambda r: clf_time(r.start_time)
+        if letter in "ieog" and not arg:
+            raise self.error(f"{text}: %{letter} needs a name between braces, as in %{{Name}}{letter}", at)
+        if letter == "i":
+            key = arg.lower()  # type: ignore[union-attr]
+            return f"header:{key}", "text", True, lambda r: escape(r.request_headers.get(key))
+        if letter == "o":
+            key = arg.lower()  # type: ignore[union-attr]
+            return f"response_header:{key}", "text", True, lambda r: escape(r.response_headers.get(key))
+        if letter == "e":
+            name = arg
+            return f"env:{name}", "text", True, lambda r: escape(r.env.get(name))  # type: ignore[arg-type]
+        if letter == "g":
+            try:
+                field = lookup(arg)  # type: ignore[arg-type]
+            except UnknownField as err:
+                raise self.error(f"{text}: no field named {arg!r}", at) from err
+            return field.name, field.kind, False, _field_writer(field)
+        if letter == "p":
+            if arg in (None, "local", "canonical"):
+                return "local_port", "int", False, lambda r: str(r.local_port)
+            if arg == "remote":
+                return "remote_port", "int", False, lambda r: str(r.remote_port)
+            raise self.error(f"{text}: %{{...}}p takes local, remote or canonical", at)
+        if letter == "T":
+            if arg in (None, "s"):
+                return "duration_s", "int", False, lambda r: str(r.duration_us // 1_000_000)
+            if arg == "ms":
+                return "duration_ms", "int", False, lambda r: str(r.duration_us // 1000)
+            if arg == "us":
+                return "duration_us", "int", False, lambda r: str(r.duration_us)
+            raise self.error(f"{text}: %{{...}}T takes s, ms or us", at)
+        raise self.error(f"unsupported directive {text} (supported: {_ALL_LETTERS} %%)", at)
+
+    def _mark_quoted(self) -> tuple[Item, ...]:
+        """A directive is quoted when a literal ending in an opening quote precedes it and one starting with '"' follows."""
+        items = self.items
+        inside = False
+        out: list[Item] = []
+        for n, item in enumerate(items):
+            if isinstance(item, Literal):
+                inside ^= item.text.count('"') % 2 == 1
+                out.append(item)
+                continue
+            before = items[n - 1] if n else None
+            after = items[n + 1] if n + 1 < len(items) else None
+            quoted = (
+                inside
+                and isinstance(before, Literal)
+                and before.text.endswith('"')
+                and isinstance(after, Literal)
+                and after.text.startswith('"')
+            )
+            out.append(item._replace(quoted=True, pattern=_QUOTED) if quoted else item)
+        return tuple(out)
+
+
+class _Writer(NamedTuple):
+    """How one directive is written: a function of the record, and what allows folding it."""
+
+    write: Callable[[_R], str]
+    field: Field | None  # a plain %{FINGERPRINT_..}g: may join a run of its source
+    const: str | None  # always this text: folded into the template
+
+
+#: The Observation attributes each field source reads (see fields.py).  A run of
+#: fields of one source is rendered again only when one of these objects changes,
+#: so keep-alive requests on one connection render the SYN fields once.
+_SOURCE_ATTRS = {
+    "syn": ("fingerprint", "saved_syn"),
+    "tcp_info": ("tcp_info",),
+    "tcp_info_now": ("tcp_info_now",),
+    "connection": ("accept_time_us",),
+}
+
+
+def _build_writer(items: tuple[Item, ...], specs: list[_Writer]) -> tuple[str, tuple[Callable[[_R], str], ...]]:
+    """A %-template and its writers: constants folded in, runs of same-source fields joined."""
+    parts: list[str | _Writer] = []
+    specs_left = iter(specs)
+    for item in items:
+        parts.append(next(specs_left) if isinstance(item, Directive) else item.text)
+    template: list[str] = []
+    writers: list[Callable[[_R], str]] = []
+    i, n = 0, len(parts)
+    while i < n:
+        part = parts[i]
+        if isinstance(part, str):
+            template.append(part.replace("%", "%%"))
+            i += 1
+        elif part.const is not None:
+            template.append(part.const.replace("%", "%%"))
+            i += 1
+        elif part.field is None or part.field.source not in _SOURCE_ATTRS:
+            template.append("%s")
+            writers.append(part.write)
+            i += 1
+        else:
+            source = part.field.source
+            run_fields, run_template, end, j = [part.field], ["%s"], i + 1, i + 1
+            while j < n:
+                nxt = parts[j]
+                if isinstance(nxt, str):
+                    j += 1
+                    continue
+                if nxt.field is None or nxt.field.source != source:
+                    break
+                run_template.extend(p.replace("%", "%%") for p in parts[end:j])  # type: ignore[union-attr]
+                run_template.append("%s")
+                run_fields.append(nxt.field)
+                end = j = j + 1
+            template.append("%s")
+            writers.append(_run_writer(tuple(run_fields), "".join(run_template), _SOURCE_ATTRS[source]))
+            i = end
+    return "".join(template), tuple(writers)
+
+
+def _run_writer(fields: tuple[Field, ...], template: str, attrs: tuple[str, ...]) -> Callable[[_R], str]:
+    if len(fields) == 1:
+        (field,) = fields
+        return lambda r: render(field, r.observation)
+    key = attrgetter(*attrs) if len(attrs) > 1 else (lambda obs, a=attrs[0]: (getattr(obs, a),))
+    cache: list[object] = [(), ""]  # the key objects last rendered, and the text
+
+    def write(r: _R) -> str:
+        obs = r.observation
+        now = key(obs)
+        last = cache[0]
+        if len(last) == len(now) and all(map(is_, now, last)):  # type: ignore[arg-type]
+            return cache[1]  # type: ignore[return-value]
+        text = template % tuple([render(f, obs) for f in fields])
+        cache[0], cache[1] = now, text
+        return text
+
+    return write
+
+
+def _field_writer(field: Field) -> Callable[[_R], str]:
+    def write(r: _R) -> str:
+        return render(field, r.observation)
+
+    return write
+
+
+def _conditional(writer: Callable[[_R], str], statuses: frozenset[int], negate: bool) -> Callable[[_R], str]:
+    """Apache's ``%400,501{..}i``: the value only for (or, with ``!``, except for) those statuses."""
+
+    def write(r: _R) -> str:
+        return writer(r) if (r.status in statuses) != negate else "-"
+
+    return write

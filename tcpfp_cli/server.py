@@ -1,0 +1,554 @@
+"""``tcpfp serve``: an asyncio HTTP listener that logs every client's TCP fingerprint.
+
+This module only adapts.  Sockets are built and given ``TCP_SAVE_SYN`` before
+``listen()`` (``kernel``), then handed to the event loop.  Each accepted
+connection reads its saved SYN and TCP_INFO once (``kernel``), parses them
+(``syn``, ``tcpinfo``) into an ``Observation``, and keeps it for every request
+on the connection.  Request heads are parsed by ``httpwire``; log lines are
+rendered by the compiled LogFormat (``logformat``) from the field table.
+
+Why a bare ``asyncio.Protocol`` and not streams: a sensor answers many short
+connections, and the protocol callbacks avoid a task and two stream objects
+per connection.  uvloop is used when installed (it accepts faster).
+
+Nothing is lost: every request that reached us gets exactly one log line,
+including junk, TLS handshakes, HTTP/0.9 lines, oversize heads and requests
+cut off by a timeout or by the client closing.  Lines are whole strings
+written by the one event-loop thread, so they never interleave; they are
+buffered for the length of one loop iteration, and flushed on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from pathlib import Path
+from typing import IO
+
+from . import kernel
+from .errors import MalformedSyn, TcpfpError
+from .fields import SCALAR_FIELDS, Observation, environment, render
+from .httpwire import BadRequest, Limits, RequestHead, parse_head, scan
+from .logformat import AccessRecord, LogFormat
+from .syn import parse_syn
+from .tcpinfo import parse_tcp_info
+
+SERVER_NAME = "tcpfp"
+REASONS = {
+    200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
+    411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
+    500: "Internal Server Error", 505: "HTTP Version Not Supported",
+}
+
+
+class StartupError(TcpfpError):
+    """The server cannot start: a port in use, no right to bind, a bad option."""
+
+
+@dataclass
+class ServerConfig:
+    listen: list[tuple[str, int]]
+    log_format: LogFormat
+    log_path: str | None = None  # None: stdout
+    saved_syn: bool = True
+    tcp_info: bool = True
+    body: bytes | None = None  # a fixed body instead of the fingerprint
+    cgi_dir: Path | None = None
+    env_vars: bool = False
+    env_tcp_info: bool = False
+    env_saved_syn: bool = False
+    limits: Limits = field(default_factory=Limits)
+    request_timeout: float = 20.0  # to receive a whole request head (slowloris)
+    keepalive_timeout: float = 5.0  # idle time between requests
+    max_connections: int = 10000
+    max_body: int = 1 << 20
+    cgi_timeout: float = 10.0
+    cgi_max_output: int = 1 << 20
+    shutdown_timeout: float = 5.0
+    user: str | None = None
+    backlog: int = 4096
+
+
+# --------------------------------------------------------------------------- sockets
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``0.0.0.0:80``, ``[::1]:8080`` or ``:80`` -> (address, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise StartupError(f"--listen {text!r}: expected ADDR:PORT, e.g. 0.0.0.0:80 or [::1]:8080")
+    host = host.strip("[]") or "::"
+    return host, int(port)
+
+
+def open_listener(host: str, port: int, backlog: int) -> tuple[socket.socket, bool]:
+    """A listening socket with TCP_SAVE_SYN set before listen(); (socket, saves SYNs)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and host in ("::", ""):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # also accept IPv4
+        saves = kernel.enable_save_syn(sock)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError as error:
+        sock.close()
+        if error.errno == 98:
+            raise StartupError(f"cannot listen on {host}:{port}: address already in use") from None
+        if error.errno == 13:
+            raise StartupError(
+                f"cannot listen on {host}:{port}: permission denied (ports below 1024 need root "
+                "or CAP_NET_BIND_SERVICE)") from None
+        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    sock.setblocking(False)
+    return sock, saves
+
+
+def drop_privileges(user: str) -> None:
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise StartupError(f"--user {user!r}: no such user") from None
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+
+
+# --------------------------------------------------------------------------- the log
+
+
+class AccessLog:
+    """Whole lines, buffered for one loop iteration, flushed on exit; SIGHUP reopens."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.stream: IO[bytes] = self._open()
+        self.pending: list[str] = []
+        self.lines = 0
+
+    def _open(self) -> IO[bytes]:
+        if self.path is None:
+            return sys.stdout.buffer
+        try:
+            return open(self.path, "ab", buffering=0)
+        except OSError as error:
+            raise StartupError(f"cannot open log {self.path}: {error.strerror}") from None
+
+    def write(self, line: str) -> None:
+        if not self.pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.pending.append(line)
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        data = ("\n".join(self.pending) + "\n").encode("utf-8", "surrogateescape")
+        self.lines += len(self.pending)
+        self.pending.clear()
+        self.stream.write(data)
+        if self.path is None:
+            self.stream.flush()
+
+    def reopen(self) -> None:
+        self.flush()
+        if self.path is None:
+            return
+        try:
+            new = self._open()
+        except StartupError as error:
+            print(f"tcpfp: {error} (keeping the old log file)", file=sys.stderr)
+            return
+        old, self.stream = self.stream, new
+        old.close()
+
+    def close(self) -> None:
+        self.flush()
+        if self.path is not None:
+            self.stream.close()
+        else:
+            self.stream.flush()
+
+
+# --------------------------------------------------------------------------- responses
+
+_date_cache: list = [0, ""]
+
+
+def http_date() -> str:
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0], _date_cache[1] = now, formatdate(now, usegmt=True)
+    return _date_cache[1]
+
+
+def fingerprint_body(obs: Observation, as_json: bool) -> bytes:
+    """What the server saw of this connection, for the client to read."""
+    if as_json:
+        return (json.dumps({f.name: f.read(obs) for f in SCALAR_FIELDS}) + "\n").encode()
+    return "".join(f"{f.name} {render(f, obs)}\n" for f in SCALAR_FIELDS).encode()
+
+
+def response_head(status: int, content_type: str, length: int, keep_alive: bool,
+                  extra: list[tuple[str, str]] = ()) -> bytes:
+    lines = [
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
+        f"Date: {http_date()}",
+        f"Server: {SERVER_NAME}",
+        f"Content-Length: {length}",
+        f"Content-Type: {content_type}",
+        "Connection: keep-alive" if keep_alive else "Connection: close",
+    ]
+    lines += [f"{k}: {v}" for k, v in extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+# --------------------------------------------------------------------------- connections
+
+
+def _client_address(address: str) -> str:
+    return address[7:] if address.startswith("::ffff:") and "." in address else address
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: fingerprint at accept, then requests until close."""
+
+    __slots__ = (
+        "server", "transport", "obs", "remote", "local", "buffer", "requests", "timer",
+        "started", "busy", "closing", "head", "body_left", "body", "wants_now",
+    )
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.buffer = bytearray()
+        self.requests = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.busy = False  # a request is being answered (CGI)
+        self.closing = False
+        self.head: RequestHead | None = None
+        self.body_left = 0
+        self.body = bytearray()
+        self.started = 0.0
+
+    # -- asyncio callbacks -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = self.server
+        self.transport = transport  # type: ignore[assignment]
+        accept_us = time.time_ns() // 1000
+        sock = transport.get_extra_info("socket")
+        raw_syn = kernel.read_saved_syn(sock) if server.config.saved_syn else None
+        raw_info = kernel.read_tcp_info(sock) if server.config.tcp_info else None
+        fingerprint = None
+        if raw_syn is not None:
+            try:
+                fingerprint = parse_syn(raw_syn)
+            except MalformedSyn:
+                fingerprint = None  # logged with '-' fields; the hex is kept
+        self.obs = Observation(
+            fingerprint, raw_syn, parse_tcp_info(raw_info) if raw_info else None, None, accept_us
+        )
+        peer = transport.get_extra_info("peername") or ("-", 0)
+        here = transport.get_extra_info("sockname") or ("-", 0)
+        self.remote = (_client_address(peer[0]), peer[1])
+        self.local = (_client_address(here[0]), here[1])
+        server.connections.add(self)
+        if len(server.connections) > server.config.max_connections:
+            server.refused += 1
+            transport.abort()
+            return
+        self.started = time.time()
+        self._arm(server.config.request_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if not self.buffer and self.head is None:
+            self.started = time.time()
+            self._arm(self.server.config.request_timeout)
+        self.buffer += data
+        if not self.busy:
+            self._process()
+
+    def eof_received(self) -> bool:
+        self._log_unfinished(400)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._log_unfinished(400)
+        self.closing = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.server.connections.discard(self)
+        self.server.idle_check()
+
+    # -- request handling --------------------------------------------------
+    def _arm(self, delay: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = asyncio.get_running_loop().call_later(delay, self._timeout)
+
+    def _timeout(self) -> None:
+        self.timer = None
+        self._log_unfinished(408)
+        self.closing = True
+        self.transport.close()
+
+    def _log_unfinished(self, status: int) -> None:
+        """A request that started arriving but never completed still gets its line."""
+        if self.closing or self.busy:
+            return
+        if self.head is not None:
+            head, self.head = self.head, None
+            self._log(head.request_line, head, status, 0)
+        elif self.buffer.strip(b"\r\n"):
+            line = bytes(self.buffer)
+            end = line.find(b"\n")
+            line = (line if end < 0 else line[:end]).rstrip(b"\r")
+            self.buffer.clear()
+            self._log(line[: self.server.config.limits.max_line], None, status, 0)
+
+    def _process(self) -> None:
+        config = self.server.config
+        while not self.closing and not self.busy:
+            if self.head is not None:  # reading a body
+                take = min(self.body_left, len(self.buffer))
+                if take:
+                    if self.server.cgi_dir is not None:
+                        self.body += self.buffer[:take]
+                    del self.buffer[:take]
+                    self.body_left -= take
+                if self.body_left:
+                    return
+                head, self.head = self.head, None
+                self._respond(head)
+                continue
+            if not self.buffer:
+                return
+            try:
+                end = scan(bytes(self.buffer[: config.limits.max_line * (config.limits.max_headers + 2)]),
+                           config.limits)
+                if end is None:
+                    return
+                head = parse_head(bytes(self.buffer[:end]), config.limits)
+            except BadRequest as error:
+                self.buffer.clear()
+                self._reject(error)
+                return
+            del self.buffer[:end]
+            if head.content_length > config.max_body:
+                self._finish(head, 413, b"request body too large\n", "text/plain", False)
+                return
+            if head.content_length:
+                self.head, self.body_left = head, head.content_length
+                self.body = bytearray()
+                continue
+            self._respond(head)
+
+    def _reject(self, error: BadRequest) -> None:
+        body = f"{error.status} {REASONS.get(error.status, '')}: {error.reason}\n".encode()
+        self.transport.write(response_head(error.status, "text/plain", len(body), False) + body)
+        self._log(error.request_line, None, error.status, len(body))
+        self.closing = True
+        self.transport.close()
+
+    def _respond(self, head: RequestHead) -> None:
+        server = self.server
+        if server.cgi_dir is not None and head.path.startswith(b"/cgi-bin/"):
+            self.busy = True
+            asyncio.get_running_loop().create_task(self._run_cgi(head))
+            return
+        keep_alive = head.keep_alive and not head.chunked and not server.stopping
+        if server.body is not None:
+            body, ctype = server.body, server.body_type
+        else:
+            as_json = b"application/json" in head.headers.get("accept", b"")
+            body = fingerprint_body(self._observation(), as_json)
+            ctype = "application/json" if as_json else "text/plain; charset=utf-8"
+        self._finish(head, 200, body, ctype, keep_alive)
+
+    def _observation(self) -> Observation:
+        if self.server.wants_now:
+            raw = kernel.read_tcp_info(self.transport.get_extra_info("socket"))
+            if raw:
+                return self.obs._replace(tcp_info_now=parse_tcp_info(raw))
+        return self.obs
+
+    def _finish(self, head: RequestHead, status: int, body: bytes, ctype: str, keep_alive: bool,
+                extra: list[tuple[str, str]] = ()) -> None:
+        send_body = head.method != b"HEAD"
+        self.transport.write(response_head(status, ctype, len(body), keep_alive, extra)
+                             + (body if send_body else b""))
+        self._log(head.request_line, head, status, len(body) if send_body else 0)
+        self.requests += 1
+        if keep_alive:
+            self._arm(self.server.config.keepalive_timeout)
+        else:
+            self.closing = True
+            self.transport.close()
+
+    def _log(self, request_line: bytes, head: RequestHead | None, status: int, sent: int) -> None:
+        now = time.time()
+        record = AccessRecord(
+            remote_addr=self.remote[0], remote_port=self.remote[1],
+            local_addr=self.local[0], local_port=self.local[1],
+            start_time=self.started or now,
+            request_line=request_line,
+            method=head.method if head else None,
+            path=head.path if head else None,
+            query=head.query if head else None,
+            protocol=head.version if head else None,
+            status=status, bytes_sent=sent,
+            duration_us=int((now - (self.started or now)) * 1e6),
+            keepalive=self.requests,
+            request_headers=head.headers if head else {},
+            response_headers={},
+            env={},
+            observation=self._observation() if self.server.wants_now else self.obs,
+        )
+        self.server.log.write(self.server.config.log_format.write(record))
+
+    # -- CGI -----------------------------------------------------------------
+    async def _run_cgi(self, head: RequestHead) -> None:
+        from .cgiscript import run_cgi
+
+        server = self.server
+        try:
+            status, headers, body = await run_cgi(
+                server.cgi_dir, head, bytes(self.body), self._cgi_environment(head),
+                timeout=server.config.cgi_timeout, max_output=server.config.cgi_max_output,
+            )
+        except Exception as error:  # a failing script must not take the server down
+            print(f"tcpfp: CGI {head.path!r}: {error}", file=sys.stderr)
+            status, headers, body = 500, [], b"CGI script failed\n"
+        self.busy = False
+        if self.closing or self.transport.is_closing():
+            self._log(head.request_line, head, status, 0)
+            return
+        ctype = next((v for k, v in headers if k.lower() == "content-type"), "text/plain")
+        extra = [(k, v) for k, v in headers if k.lower() not in ("content-type", "content-length", "status")]
+        keep_alive = head.keep_alive and not head.chunked and not server.stopping
+        self._finish(head, status, body, ctype, keep_alive, extra)
+        if self.buffer and not self.closing:
+            self._process()
+
+    def _cgi_environment(self, head: RequestHead) -> dict[str, str]:
+        config = self.server.config
+        env = {
+            "GATEWAY_INTERFACE": "CGI/1.1",
+            "SERVER_SOFTWARE": SERVER_NAME,
+            "SERVER_PROTOCOL": head.version.decode("ascii"),
+            "SERVER_NAME": head.headers.get("host", b"").decode("latin-1").split(":")[0] or self.local[0],
+            "SERVER_ADDR": self.local[0],
+            "SERVER_PORT": str(self.local[1]),
+            "REMOTE_ADDR": self.remote[0],
+            "REMOTE_PORT": str(self.remote[1]),
+            "REQUEST_METHOD": head.method.decode("ascii"),
+            "REQUEST_URI": head.target.decode("latin-1"),
+            "QUERY_STRING": head.query[1:].decode("latin-1"),
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+        }
+        if head.content_length:
+            env["CONTENT_LENGTH"] = str(head.content_length)
+        if "content-type" in head.headers:
+            env["CONTENT_TYPE"] = head.headers["content-type"].decode("latin-1")
+        for name, value in head.headers.items():
+            if name not in ("content-type", "content-length", "proxy"):
+                env["HTTP_" + name.upper().replace("-", "_")] = value.decode("latin-1")
+        obs = self._observation()
+        if config.env_vars or config.env_tcp_info or config.env_saved_syn:
+            env.update(environment(obs, scalars=config.env_vars, tcp_info=config.env_tcp_info,
+                                   saved_syn=config.env_saved_syn))
+        return env
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class Server:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.connections: set[Connection] = set()
+        self.refused = 0
+        self.stopping = False
+        self.sockets: list[socket.socket] = []
+        self.cgi_dir = config.cgi_dir
+        self.body = config.body
+        self.body_type = "text/html; charset=utf-8"
+        self.wants_now = config.env_vars or any(
+            c.startswith("FINGERPRINT_REQ_") for c in config.log_format.columns)
+        self._stopped: asyncio.Event | None = None
+        if config.cgi_dir is not None and not config.cgi_dir.is_dir():
+            raise StartupError(f"--cgi-dir {config.cgi_dir}: not a directory")
+        warned = False
+        for host, port in config.listen:
+            sock, saves = open_listener(host, port, config.backlog)
+            self.sockets.append(sock)
+            if not saves and config.saved_syn and not warned:
+                print("tcpfp: warning: this kernel cannot save SYNs (TCP_SAVE_SYN); "
+                      "SYN fields will be '-'", file=sys.stderr)
+                warned = True
+        self.log = AccessLog(config.log_path)
+        if config.user:
+            drop_privileges(config.user)
+
+    def idle_check(self) -> None:
+        if self.stopping and self._stopped is not None and not self.connections:
+            self._stopped.set()
+
+    async def run(self, ready: Callable[[], None] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        servers = [await loop.create_server(lambda: Connection(self), sock=s) for s in self.sockets]
+        self._stopped = asyncio.Event()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.log.reopen)
+        if ready:
+            ready()
+        try:
+            await stop.wait()
+        finally:
+            self.stopping = True
+            for s in servers:
+                s.close()
+            for conn in list(self.connections):
+                if not conn.busy and conn.head is None and not conn.buffer:
+                    conn.closing = True
+                    conn.transport.close()  # idle keep-alive: nothing in flight
+            self.idle_check()
+            try:
+                await asyncio.wait_for(self._stopped.wait(), self.config.shutdown_timeout)
+            except asyncio.TimeoutError:
+                for conn in list(self.connections):
+                    conn._log_unfinished(408)
+                    conn.transport.abort()
+            self.log.close()
+
+
+def serve(config: ServerConfig, loop_name: str = "auto") -> None:
+    """Run until SIGTERM/SIGINT; raises StartupError before anything is served."""
+    server = Server(config)
+    runner = asyncio.run
+    if loop_name in ("auto", "uvloop"):
+        try:
+            import uvloop
+
+            runner = uvloop.run
+        except ImportError:
+            if loop_name == "uvloop":
+                raise StartupError("--loop uvloop: uvloop is not installed") from None
+    runner(server.run())

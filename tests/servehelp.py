@@ -1,0 +1,120 @@
+"""Start `tcpfp serve` as a real process for tests, and talk to it over real sockets.
+
+Every server is started by PID and stopped by PID (SIGTERM, then SIGKILL after
+a bound); every socket has a timeout.  Traffic goes to loopback only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tcpfp_cli.logformat import compile_format
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port}")
+
+
+class Served:
+    """A running `tcpfp serve` with its log file."""
+
+    def __init__(self, tmp: Path, *args: str, port: int | None = None, log_format: str = "tcpfp",
+                 wait_host: str = "127.0.0.1", prefix: list[str] | None = None, **popen) -> None:
+        self.port = port or free_port()
+        self.log = tmp / f"access-{self.port}.log"
+        self.log_format = compile_format(log_format)
+        self.stderr_path = tmp / f"stderr-{self.port}.txt"
+        argv = [*(prefix or []), sys.executable, "-m", "tcpfp_cli", "serve", "--log", str(self.log),
+                "--log-format", log_format, *args]
+        if "--listen" not in args:
+            argv += ["--port", str(self.port)]
+        self.stderr_file = open(self.stderr_path, "wb")
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self.stderr_file, **popen)
+        try:
+            wait_port(wait_host, self.port)
+        except TimeoutError:
+            self.stop()
+            raise AssertionError(f"server did not start: {self.stderr_path.read_text()}")
+        self.lines_before = 0
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.stderr_file.close()
+        return self.process.returncode
+
+    def lines(self, count: int | None = None, timeout: float = 5.0) -> list[str]:
+        """The log's lines, waiting (bounded) until there are at least ``count``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log.read_text(encoding="utf-8", errors="surrogateescape") if self.log.exists() else ""
+            lines = text.splitlines()
+            if count is None or len(lines) >= count or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.02)
+
+    def records(self, count: int | None = None) -> list[dict]:
+        return [self.log_format.parse(line) for line in self.lines(count)]
+
+    def __enter__(self) -> "Served":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def exchange(host: str, port: int, payload: bytes, *, timeout: float = 5.0,
+             before_connect=None, shut: bool = True) -> bytes:
+    """Send ``payload`` on a fresh connection and read until the server closes."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        if before_connect:
+            before_connect(s)
+        s.connect((host, port))
+        s.sendall(payload)
+        if shut:
+            s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

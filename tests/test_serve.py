@@ -1,0 +1,270 @@
+"""`tcpfp serve` over loopback with real clients: what it logs, answers and refuses.
+
+Each test starts the real server process, talks to it over real sockets (and
+curl), and reads its access log back through the same LogFormat.  The SYN
+fields it logs must be what the client's kernel sent: we set IP_TTL,
+TCP_MAXSEG and SO_RCVBUF on the client before connect and compare.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from servehelp import Served, exchange, free_port, pid_alive
+from conftest import need_root, need_tool
+from tcpfp_cli.fields import FIELDS
+from tcpfp_cli.hextext import parse_hex
+from tcpfp_cli.syn import parse_syn
+
+GET = b"GET /probe?x=1 HTTP/1.0\r\nUser-Agent: tester\r\n\r\n"
+# Every directive the tests read, and every field of the table (the hex dumps included).
+FORMAT = '%h %a %A %p %l %u %t "%r" %>s %b %k %D "%{User-Agent}i" ' + " ".join(
+    f'"%{{{f.name}}}g"' for f in FIELDS)
+
+
+@pytest.fixture
+def served(tmp_path):
+    server = Served(tmp_path, "--listen", "127.0.0.1:0".replace(":0", f":{(port := free_port())}"),
+                    "--listen", f"[::1]:{port}", "--request-timeout", "1", port=port, log_format=FORMAT)
+    yield server
+    server.stop()
+
+
+def _client_opts(family, ttl, mss, rcvbuf):
+    def apply(s):
+        if family == socket.AF_INET:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+        else:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    return apply
+
+
+@pytest.mark.parametrize("host, family", [("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)])
+@pytest.mark.parametrize("ttl, mss, rcvbuf", [(33, 1200, 4096), (99, 536, 65536), (200, 1400, 2048)])
+def test_logged_syn_fields_are_what_the_client_kernel_sent(served, host, family, ttl, mss, rcvbuf):
+    answer = exchange(host, served.port, GET, before_connect=_client_opts(family, ttl, mss, rcvbuf))
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    (record,) = served.records(1)
+    syn = parse_syn(parse_hex(record["FINGERPRINT_SAVED_SYN"]))
+    assert syn.ip_version == (4 if family == socket.AF_INET else 6)
+    assert int(record["FINGERPRINT_IP_TTL"]) == syn.ttl == ttl
+    assert int(record["FINGERPRINT_TCP_MSS"]) == syn.mss == mss
+    assert int(record["FINGERPRINT_TCP_WSIZE"]) == syn.window
+    assert int(record["FINGERPRINT_TCP_WSCALE"]) == syn.window_scale
+    assert record["FINGERPRINT_TCP_OPTIONS"] == syn.options_text == "2,4,8,1,3"
+    assert record["FINGERPRINT_P0F"] == syn.p0f
+    # The kernel doubles SO_RCVBUF and never offers more window than that buffer.
+    assert 0 < syn.window <= 2 * rcvbuf
+    assert record["remote_addr"] == record["remote_host"] == host
+    assert record["request"] == "GET /probe?x=1 HTTP/1.0" and record["status"] == "200"
+    assert int(record["FINGERPRINT_TCP_RTT"]) > 0
+
+
+def test_curl_ipv4_and_ipv6_and_the_body_shows_the_clients_own_syn(served):
+    curl = need_tool("curl")
+    for url in (f"http://127.0.0.1:{served.port}/", f"http://[::1]:{served.port}/"):
+        done = subprocess.run([curl, "-s", "--max-time", "5", url], capture_output=True, text=True, timeout=10)
+        body = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+        assert body["FINGERPRINT_TCP_OPTIONS"] == "2,4,8,1,3"
+    records = served.records(2)
+    assert [r["FINGERPRINT_IP_VERSION"] for r in records] == ["4", "6"]
+    assert all(r["header:user-agent"].startswith("curl/") for r in records)
+
+
+def test_json_body_when_accept_asks_for_it(served):
+    answer = exchange("127.0.0.1", served.port,
+                      b"GET / HTTP/1.0\r\nAccept: application/json\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"Content-Type: application/json" in head
+    values = json.loads(body)
+    assert values["FINGERPRINT_TCP_OPTIONS"] == "2,4,8,1,3" and values["FINGERPRINT_IP_VERSION"] == 4
+
+
+def test_keep_alive_requests_reuse_the_connections_fingerprint(served):
+    with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
+        for _ in range(3):
+            s.sendall(b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += s.recv(65536)
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            rest = head.split(b"\r\n\r\n", 1)[1]
+            while len(rest) < length:
+                rest += s.recv(65536)
+        s.sendall(b"HEAD /k HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        tail = b""
+        while chunk := s.recv(65536):
+            tail += chunk
+    assert tail.startswith(b"HTTP/1.1 200") and tail.endswith(b"\r\n\r\n")  # HEAD: no body
+    records = served.records(4)
+    assert [r["keepalive"] for r in records] == ["0", "1", "2", "3"]
+    assert len({r["FINGERPRINT_SAVED_SYN"] for r in records}) == 1
+    assert len({r["FINGERPRINT_ACCEPT_TIME"] for r in records}) == 1
+    assert records[-1]["bytes"] is None  # HEAD sent no body: %b is '-'
+
+
+TLS_CLIENT_HELLO = bytes.fromhex(
+    "160301012c010001280303" + "ab" * 32 + "00" + "0004130113020100")
+
+
+@pytest.mark.parametrize("payload, status, logged", [
+    (b"\x00\x01\x02junk\xff\xfe", 400, "\x00\x01\x02junk\xff\xfe"),
+    (TLS_CLIENT_HELLO, 400, None),
+    (b"\n", 400, ""),
+    (b"GET /\n", 400, "GET /"),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.0\r\n\r\n", 414, None),
+    (b"GET / HTTP/1.0\r\nX: " + b"b" * 9000 + b"\r\n\r\n", 400, "GET / HTTP/1.0"),
+    (b"GET / HTTP/1.0\r\n" + b"X: y\r\n" * 101 + b"\r\n", 400, "GET / HTTP/1.0"),
+    (b'GET /"quoted"\\path HTTP/1.0\r\n\r\n', 200, 'GET /"quoted"\\path HTTP/1.0'),
+    (b"GET / HTTP/1.1\r\n\r\n", 400, "GET / HTTP/1.1"),  # 1.1 without Host
+])
+def test_malformed_input_gets_its_status_and_exactly_one_line(served, payload, status, logged):
+    answer = exchange("127.0.0.1", served.port, payload)
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode())
+    (record,) = served.records(1)
+    assert record["status"] == str(status)
+    if logged is not None:
+        assert (record["request"] or "") == logged
+    assert record["FINGERPRINT_TCP_OPTIONS"] == "2,4,8,1,3"  # the fingerprint is still there
+    line = served.lines(1)[0]
+    assert line.isprintable() and line.isascii()
+    if payload.startswith(b"\x00"):
+        assert '"\\x00\\x01\\x02junk\\xff\\xfe"' in line  # escaped as Apache escapes
+
+
+def test_partial_request_then_close_and_slowloris_are_logged(served):
+    exchange("127.0.0.1", served.port, b"GET /half HTTP/1.0\r\nHost: x")  # client closes early
+    with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
+        s.sendall(b"GET /slow HTTP/1.1\r\n")
+        start = time.monotonic()
+        assert s.recv(100) == b""  # the server gives up after --request-timeout 1
+        assert time.monotonic() - start < 4
+    records = served.records(2)
+    assert sorted((r["request"], r["status"]) for r in records) == [
+        ("GET /half HTTP/1.0", "400"), ("GET /slow HTTP/1.1", "408")]
+
+
+def test_fixed_body_and_switches_for_saved_syn_and_tcp_info(tmp_path):
+    page = tmp_path / "page.html"
+    page.write_bytes(b"<p>quiet</p>")
+    with Served(tmp_path, "--body", str(page), "--no-saved-syn", "--no-tcp-info", log_format=FORMAT) as server:
+        answer = exchange("127.0.0.1", server.port, GET)
+        (record,) = server.records(1)
+    assert answer.endswith(b"<p>quiet</p>")
+    assert record["FINGERPRINT_IP_TTL"] is None and record["FINGERPRINT_TCP_RTT"] is None
+    assert record["FINGERPRINT_ACCEPT_TIME"] is not None
+
+
+def test_request_time_tcp_info_fields(tmp_path):
+    fmt = '"%r" %{FINGERPRINT_REQ_RTT}g %{FINGERPRINT_REQ_MIN_RTT}g %{FINGERPRINT_REQ_RCV_MSS}g %{FINGERPRINT_REQ_TOTAL_RETRANS}g'
+    with Served(tmp_path, log_format=fmt) as server:
+        exchange("127.0.0.1", server.port, GET)
+        (record,) = server.records(1)
+    assert int(record["FINGERPRINT_REQ_RTT"]) > 0 and int(record["FINGERPRINT_REQ_MIN_RTT"]) > 0
+    assert int(record["FINGERPRINT_REQ_RCV_MSS"]) > 0 and record["FINGERPRINT_REQ_TOTAL_RETRANS"] == "0"
+
+
+def test_sighup_reopens_the_log_and_sigterm_flushes_and_exits_0(tmp_path):
+    server = Served(tmp_path)
+    try:
+        exchange("127.0.0.1", server.port, GET)
+        server.lines(1)
+        rotated = tmp_path / "rotated.log"
+        server.log.rename(rotated)
+        server.process.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        exchange("127.0.0.1", server.port, GET)
+        exchange("127.0.0.1", server.port, GET)
+    finally:
+        code = server.stop()
+    assert code == 0
+    assert len(rotated.read_text().splitlines()) == 1
+    assert len(server.log.read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--log-format", "%{FINGERPRINT_NOPE}g"], "FINGERPRINT_NOPE"),
+    (["--cgi-dir", "/nonexistent/dir"], "not a directory"),
+    (["--listen", "nonsense"], "ADDR:PORT"),
+])
+def test_start_up_errors_are_one_line_and_exit_2(tmp_path, args, message):
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "tcpfp_cli", "serve", "--port", str(free_port()), *args],
+                          capture_output=True, text=True, timeout=20)
+    assert done.returncode == 2
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
+
+
+def test_port_in_use_is_a_start_up_error(served):
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "tcpfp_cli", "serve", "--listen", f"127.0.0.1:{served.port}"],
+                          capture_output=True, text=True, timeout=20)
+    assert done.returncode == 2 and "already in use" in done.stderr
+
+
+def _drop_net_bind_service() -> None:
+    """Remove CAP_NET_BIND_SERVICE (bit 10) from this process: root that may not bind below 1024."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    data = (ctypes.c_uint32 * 6)()  # two (effective, permitted, inheritable) triples
+    if libc.capget(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    data[0] &= ~(1 << 10)
+    data[1] &= ~(1 << 10)
+    if libc.capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+def test_port_80_without_the_right_to_bind_it(tmp_path):
+    """A forked child gives up CAP_NET_BIND_SERVICE and runs the CLI in-process."""
+    need_root()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 99
+        try:
+            os.dup2(write_end, 2)
+            import sys
+
+            sys.stderr = os.fdopen(2, "w", buffering=1)
+            _drop_net_bind_service()
+            from tcpfp_cli.cli import app
+
+            app(["serve", "--listen", "127.0.0.1:80"], prog_name="tcpfp")
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 98
+        except BaseException as error:  # report, so the parent's assertion shows it
+            os.write(2, repr(error).encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as stream:
+        stderr = stream.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 2, stderr
+    assert "permission denied" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_user_drops_root_after_binding(tmp_path):
+    need_root()
+    os.chmod(tmp_path, 0o777)
+    with Served(tmp_path, "--user", "nobody") as server:
+        status = open(f"/proc/{server.process.pid}/status").read()
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        assert uid_line.split()[1:] == ["65534"] * 4
+        assert exchange("127.0.0.1", server.port, GET).startswith(b"HTTP/1.1 200")
+    assert not pid_alive(server.process.pid)
