@@ -3,9 +3,15 @@
 The listener faces internet scanners, so the parser's job is to say quickly
 and exactly what a request head is, or why it is not one, without ever
 waiting for more input than the limits allow.  It follows RFC 9112 and, where
-the RFC leaves room, Apache 2.4's defaults (LimitRequestLine 8190,
-LimitRequestFields 100, LimitRequestFieldSize 8190, "HttpProtocolOptions
-Strict"), so that our status codes and logged request lines match Apache's.
+the RFC leaves room, what Debian's apache2 does with its default settings
+(LimitRequestLine 8190, LimitRequestFields 100, LimitRequestFieldSize 8190,
+``HttpProtocolOptions Strict``): the same statuses for the same heads, so
+that our log lines match Apache's (tests/test_serve_apache.py compares them).
+
+Deliberate differences from Apache, each documented in that test: every
+method and path gets 200 (we serve no files); the request line is logged as
+the bytes received, where Apache rebuilds it from its tokens; a bare LF ends
+a line (RFC 9112 section 2.2 allows it); an HTTP/0.9 request gets 400.
 
 ``scan`` looks at the bytes received so far and answers one of: need more,
 a complete head (and where it ends), or an error.  Junk is recognised as soon
@@ -20,16 +26,29 @@ from typing import NamedTuple
 
 from .errors import TcpfpError
 
-#: RFC 9110 token characters (a method is a token).
+#: RFC 9110 token characters (a method or a header name is a token).
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _VERSION = re.compile(rb"HTTP/(\d)\.(\d)\Z")
 _TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _CTL = re.compile(rb"[\x00-\x1f\x7f]")
+#: Control bytes a header value may not hold (RFC 9110 section 5.5; tab is allowed).
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+#: A Host value: reg-name or IPv4, or an IPv6 literal, and an optional port (RFC 9110 7.2).
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?\Z")
+#: Absolute-form target: scheme "://" authority, possibly with userinfo.
+_ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#]*)(.*)\Z", re.S)
+_LEADING_BLANK_LINES = 10  # Apache skips at most this many empty lines before a request
 
 
 class Limits(NamedTuple):
     max_line: int = 8190  # request line and each header line, bytes (Apache's default)
     max_headers: int = 100
+
+    @property
+    def line_bytes(self) -> int:
+        """The longest line accepted, without its line end: Apache takes one byte more
+        than the limit it is configured with (its buffer holds the limit plus the NUL)."""
+        return self.max_line + 1
 
 
 class BadRequest(TcpfpError):
@@ -43,7 +62,7 @@ class BadRequest(TcpfpError):
 
 
 class RequestHead(NamedTuple):
-    request_line: bytes
+    request_line: bytes  # as received (a URL password masked, as Apache logs it)
     method: bytes
     target: bytes
     path: bytes
@@ -61,46 +80,84 @@ def _first_line(buffer: bytes) -> bytes:
     return line[:-1] if line.endswith(b"\r") else line
 
 
+def skip_blank_lines(buffer: bytes) -> int:
+    """How many bytes of empty lines precede the request (RFC 9112 2.2: SHOULD ignore them)."""
+    at = 0
+    for _ in range(_LEADING_BLANK_LINES):
+        if buffer.startswith(b"\r\n", at):
+            at += 2
+        elif buffer.startswith(b"\n", at):
+            at += 1
+        else:
+            break
+    return at
+
+
 def scan(buffer: bytes, limits: Limits = Limits()) -> int | None:
     """Where the head in ``buffer`` ends (index after its blank line), or None for "need more".
 
-    Raises ``BadRequest`` as soon as the bytes so far cannot become a valid head.
+    ``buffer`` starts at the request line (see ``skip_blank_lines``).  Raises
+    ``BadRequest`` as soon as the bytes so far cannot become a valid head.
     """
+    longest = limits.line_bytes
     if buffer[:1] and buffer[0] not in _TOKEN_BYTES:
-        raise BadRequest(400, "not an HTTP request", _first_line(buffer))
+        raise BadRequest(400, "not an HTTP request", _first_line(buffer)[:longest])
     line_end = buffer.find(b"\n")
     if line_end < 0:
-        if len(buffer) > limits.max_line:
-            raise BadRequest(414, "request line too long", buffer[: limits.max_line])
+        if len(buffer) > longest + 1:  # room for a CR still to come
+            raise BadRequest(414, "request line too long", buffer[:longest])
         space = buffer.find(b" ")
         method = buffer if space < 0 else buffer[:space]
         if method and not _TOKEN.match(method):
             raise BadRequest(400, "not an HTTP request", buffer)
         return None
-    if line_end > limits.max_line + 1:
-        raise BadRequest(414, "request line too long", buffer[: limits.max_line])
-    if line_end == 0 or (line_end == 1 and buffer[0] == 13):
-        raise BadRequest(400, "empty request line", b"")
+    line = _first_line(buffer)
+    if len(line) > longest:
+        raise BadRequest(414, "request line too long", line[:longest])
     crlf, lf = buffer.find(b"\n\r\n", line_end), buffer.find(b"\n\n", line_end)
     candidates = [e + 3 for e in (crlf,) if e >= 0] + [e + 2 for e in (lf,) if e >= 0]
-    if not candidates:
-        head = buffer
-        if len(head) > limits.max_line * (limits.max_headers + 1):
-            raise BadRequest(400, "request header section too large", _first_line(buffer))
-        if head.count(b"\n") > limits.max_headers + 1:
-            raise BadRequest(400, "too many header fields", _first_line(buffer))
-        last_line = head[head.rfind(b"\n") + 1 :]
-        if len(last_line) > limits.max_line:
-            raise BadRequest(400, "header field too long", _first_line(buffer))
-        if _version_missing(_first_line(buffer)):
-            # "GET /" and a newline: HTTP/0.9, which has no headers to wait for.
-            raise BadRequest(400, "HTTP/0.9 request", _first_line(buffer))
-        return None
-    return min(candidates)
+    if candidates:
+        return min(candidates)
+    if len(buffer) > (longest + 2) * (limits.max_headers + 1):
+        raise BadRequest(400, "request header section too large", line)
+    if buffer.count(b"\n") > limits.max_headers + 1:
+        raise BadRequest(400, "too many header fields", line)
+    last_line = buffer[buffer.rfind(b"\n") + 1 :]
+    if len(last_line) > longest + 1:
+        raise BadRequest(400, "header field too long", line)
+    if line.count(b" ") < 2:
+        # "GET /" and a newline: HTTP/0.9, which has no headers to wait for.
+        raise BadRequest(400, "HTTP/0.9 request", line)
+    return None
 
 
-def _version_missing(line: bytes) -> bool:
-    return line.count(b" ") < 2
+def _mask_password(line: bytes, target: bytes) -> bytes:
+    """Apache logs a URL's password as XXXXXXXX; so do we."""
+    match = _ABSOLUTE.match(target)
+    if not match or b"@" not in match[2]:
+        return line
+    userinfo, _, host = match[2].rpartition(b"@")
+    user, colon, _password = userinfo.partition(b":")
+    if not colon:
+        return line
+    masked = match[1] + user + b":XXXXXXXX@" + host + match[3]
+    return line.replace(target, masked, 1)
+
+
+def _check_target(method: bytes, target: bytes, request_line: bytes) -> None:
+    """Origin-, absolute-, authority- (CONNECT) or asterisk-form (OPTIONS), RFC 9112 3.2."""
+    if not target or _CTL.search(target) or b"#" in target:
+        raise BadRequest(400, "bad request target", request_line)
+    if target.startswith(b"/"):
+        return
+    if target == b"*" and method == b"OPTIONS":
+        return
+    if method == b"CONNECT" and _HOST.match(target):
+        return
+    match = _ABSOLUTE.match(target)
+    if match and b"@" not in match[2] and _HOST.match(match[2]):
+        return
+    raise BadRequest(400, "bad request target", _mask_password(request_line, target))
 
 
 def parse_head(head: bytes, limits: Limits = Limits()) -> RequestHead:
@@ -115,34 +172,47 @@ def parse_head(head: bytes, limits: Limits = Limits()) -> RequestHead:
     method, target, version = parts
     if not _TOKEN.match(method):
         raise BadRequest(400, "bad method", request_line)
-    if not target or _CTL.search(target):
-        raise BadRequest(400, "bad request target", request_line)
     match = _VERSION.match(version)
     if not match:
         raise BadRequest(400, "bad protocol version", request_line)
     major, minor = int(match[1]), int(match[2])
-    if major != 1:
-        raise BadRequest(505, "HTTP version not supported", request_line)
+    if major == 0:
+        raise BadRequest(400, "HTTP/0.x request", request_line)
+    _check_target(method, target, request_line)
     headers: dict[str, bytes] = {}
     count = 0
+    previous: str | None = None
+    hosts = 0
     for line in lines[1:]:
         if not line:
+            continue
+        if len(line) > limits.line_bytes:
+            raise BadRequest(400, "header field too long", request_line)
+        if line[:1] in (b" ", b"\t"):
+            if previous is None:
+                raise BadRequest(400, "malformed header field", request_line)
+            headers[previous] += b" " + line.strip(b" \t")  # obs-fold (RFC 9112 5.2)
             continue
         count += 1
         if count > limits.max_headers:
             raise BadRequest(400, "too many header fields", request_line)
-        if len(line) > limits.max_line:
-            raise BadRequest(400, "header field too long", request_line)
         colon = line.find(b":")
         if colon <= 0 or not _TOKEN.match(line[:colon]):
             raise BadRequest(400, "malformed header field", request_line)
         name = line[:colon].decode("ascii").lower()
         value = line[colon + 1 :].strip(b" \t")
+        if _BAD_VALUE.search(value):
+            raise BadRequest(400, "control character in a header value", request_line)
+        if name == "host":
+            hosts += 1
+            if hosts > 1 or not _HOST.match(value):
+                raise BadRequest(400, "bad Host header", request_line)
         headers[name] = headers[name] + b", " + value if name in headers else value
-    if minor >= 1 and "host" not in headers:
+        previous = name
+    if (major, minor) >= (1, 1) and "host" not in headers:
         raise BadRequest(400, "HTTP/1.1 request without Host", request_line)
     connection = headers.get("connection", b"").lower()
-    if minor >= 1:
+    if (major, minor) >= (1, 1):
         keep_alive = b"close" not in connection
     else:
         keep_alive = b"keep-alive" in connection

@@ -36,7 +36,7 @@ from typing import IO
 from . import kernel
 from .errors import MalformedSyn, TcpfpError
 from .fields import SCALAR_FIELDS, Observation, environment, render
-from .httpwire import BadRequest, Limits, RequestHead, parse_head, scan
+from .httpwire import BadRequest, Limits, RequestHead, parse_head, scan, skip_blank_lines
 from .logformat import AccessRecord, LogFormat
 from .syn import parse_syn
 from .tcpinfo import parse_tcp_info
@@ -229,7 +229,7 @@ class Connection(asyncio.Protocol):
 
     __slots__ = (
         "server", "transport", "obs", "remote", "local", "buffer", "requests", "timer",
-        "started", "busy", "closing", "head", "body_left", "body", "wants_now",
+        "started", "busy", "closing", "head", "body_left", "body", "wants_now", "blank_lines",
     )
 
     def __init__(self, server: Server) -> None:
@@ -239,6 +239,7 @@ class Connection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.busy = False  # a request is being answered (CGI)
         self.closing = False
+        self.blank_lines = False  # empty lines arrived, and no request after them yet
         self.head: RequestHead | None = None
         self.body_left = 0
         self.body = bytearray()
@@ -308,18 +309,31 @@ class Connection(asyncio.Protocol):
         self.transport.close()
 
     def _log_unfinished(self, status: int) -> None:
-        """A request that started arriving but never completed still gets its line."""
+        """A request that started arriving but never completed still gets its line,
+        and, if the client can still read, its 400 or 408 answer.  Only empty
+        lines (a bare newline) count as a request that started, too."""
         if self.closing or self.busy:
             return
         if self.head is not None:
             head, self.head = self.head, None
-            self._log(head.request_line, head, status, 0)
-        elif self.buffer.strip(b"\r\n"):
-            line = bytes(self.buffer)
-            end = line.find(b"\n")
-            line = (line if end < 0 else line[:end]).rstrip(b"\r")
+            line, head_or_none = head.request_line, head
+        elif self.buffer or self.blank_lines:
+            text = bytes(self.buffer)
+            end = text.find(b"\n")
+            line = (text if end < 0 else text[:end]).rstrip(b"\r")[: self.server.config.limits.line_bytes]
+            head_or_none = None
             self.buffer.clear()
-            self._log(line[: self.server.config.limits.max_line], None, status, 0)
+        else:
+            return
+        self.blank_lines = False
+        self.closing = True
+        body = f"{status} {REASONS[status]}\n".encode()
+        sent = 0
+        if not self.transport.is_closing():
+            self.transport.write(response_head(status, "text/plain", len(body), False) + body)
+            sent = len(body)
+        self._log(line, head_or_none, status, sent)
+        self.transport.close()
 
     def _process(self) -> None:
         config = self.server.config
@@ -338,8 +352,14 @@ class Connection(asyncio.Protocol):
                 continue
             if not self.buffer:
                 return
+            blank = skip_blank_lines(self.buffer)
+            if blank:
+                del self.buffer[:blank]  # empty lines before a request are ignored...
+                self.blank_lines = True  # ...unless nothing follows them
+                if not self.buffer:
+                    return
             try:
-                end = scan(bytes(self.buffer[: config.limits.max_line * (config.limits.max_headers + 2)]),
+                end = scan(bytes(self.buffer[: (config.limits.line_bytes + 2) * (config.limits.max_headers + 2)]),
                            config.limits)
                 if end is None:
                     return
@@ -349,6 +369,7 @@ class Connection(asyncio.Protocol):
                 self._reject(error)
                 return
             del self.buffer[:end]
+            self.blank_lines = False
             if head.content_length > config.max_body:
                 self._finish(head, 413, b"request body too large\n", "text/plain", False)
                 return
