@@ -16,7 +16,7 @@ import typer
 
 from . import __version__, decoding
 from .errors import TcpfpError
-from .fields import FIELDS, SYN_FIELDS, lookup
+from .fields import FIELDS, SYN_FIELDS, Renderer, lookup
 
 app = typer.Typer(
     name="tcpfp",
@@ -70,6 +70,8 @@ def decode(
         chosen = [lookup(n) for n in fields.split(",") if n.strip()] if fields and not tcp_info else SYN_FIELDS
     except TcpfpError as error:
         raise fail(str(error)) from None
+    if fields and not tcp_info:
+        chosen = Renderer(chosen)
     failed = 0
     for outcome in decoding.decode_all(_inputs(hex_values or []), tcp_info=tcp_info):
         if outcome.error is not None:

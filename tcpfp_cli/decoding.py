@@ -16,7 +16,7 @@ from typing import NamedTuple
 from tabulate import tabulate
 
 from .errors import TcpfpError
-from .fields import SYN_FIELDS, Field, Observation, render
+from .fields import SYN_FIELDS, Field, Observation, Renderer, render
 from .hextext import parse_hex
 from .syn import parse_syn
 from .tcpinfo import TCP_INFO_LAYOUT, TcpInfo, parse_tcp_info
@@ -62,8 +62,8 @@ def syn_json(obs: Observation, fields: Sequence[Field] = SYN_FIELDS) -> str:
     return json.dumps({f.name: f.read(obs) for f in fields})
 
 
-def syn_fields_line(obs: Observation, fields: Sequence[Field]) -> str:
-    return " ".join(render(f, obs) for f in fields)
+def syn_fields_line(obs: Observation, renderer: Renderer) -> str:
+    return " ".join(renderer.texts(obs))
 
 
 def tcp_info_names(selection: str | None) -> list[str]:

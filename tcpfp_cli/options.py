@@ -62,6 +62,7 @@ class OptionWalk(NamedTuple):
     eol_nonzero: bool  # a non-zero byte after EOL (quirk opt+)
     bad: bool  # a malformed option (quirk bad)
     p0f_agrees: bool  # p0f's walk would read the same layout and values
+    ts_at: int  # offset of the one timestamp option; -1 none, -2 more than one
 
 
 def walk_options(area: bytes) -> OptionWalk:
@@ -71,6 +72,7 @@ def walk_options(area: bytes) -> OptionWalk:
     eol_pad = 0
     eol_nonzero = bad = False
     p0f_agrees = True
+    ts_at = -1
     end = len(area)
     i = 0
     while i < end:
@@ -104,6 +106,7 @@ def walk_options(area: bytes) -> OptionWalk:
         elif kind == 8:
             if length != 10:
                 bad = True
+            ts_at = i if ts_at == -1 else -2
             if length >= 10:
                 ts_val = int.from_bytes(area[i + 2 : i + 6], "big")
                 ts_ecr = int.from_bytes(area[i + 6 : i + 10], "big")
@@ -121,7 +124,8 @@ def walk_options(area: bytes) -> OptionWalk:
     if bad or len(kinds) - eol_pad > P0F_MAX_OPTIONS:
         p0f_agrees = False
     return OptionWalk(
-        tuple(kinds), mss, window_scale, ts_val, ts_ecr, eol_pad, eol_nonzero, bad, p0f_agrees
+        tuple(kinds), mss, window_scale, ts_val, ts_ecr, eol_pad, eol_nonzero, bad, p0f_agrees,
+        ts_at,
     )
 
 

@@ -46,52 +46,49 @@ IP_DF, IP_MBZ = 0x4000, 0x8000
 
 
 class Fingerprint(NamedTuple):
-    """Everything a SYN says about the stack that sent it.  ``None`` = absent."""
+    """Everything a SYN says about the stack that sent it.  ``None`` = absent.
+
+    The first fields vary from one connection to the next even for one
+    device; the rest describe the stack (its "shape") and repeat.
+    """
 
     saved_syn: bytes
-    ip_version: int
     ttl: int  # IPv4 TTL or IPv6 hop limit
-    df: bool | None  # None for IPv6
-    ip_ecn: int  # 0..3
     ip_id: int | None  # None for IPv6
-    ip_olen: int  # IPv4 option bytes, or IPv6 extension-header bytes before TCP
     flow_label: int | None  # None for IPv4
+    ts_val: int | None
+    ts_ecr: int | None
+    ittl: int  # initial TTL guess: smallest of 32, 64, 128, 255 >= ttl
+    hops: int  # ittl - ttl
+    p0f: str  # the p0f v3 raw signature
+    # --- the shape -----------------------------------------------------------
+    ip_version: int
+    df: int | None  # 1 if DF is set, else 0; None for IPv6
+    ip_ecn: int  # 0..3
+    ip_olen: int  # IPv4 option bytes, or IPv6 extension-header bytes before TCP
     window: int
     window_scale: int | None
     mss: int | None
     options: tuple[int, ...]  # option kinds in wire order, EOL padding as 0s
-    ts_val: int | None
-    ts_ecr: int | None
+    options_text: str  # the same, as FINGERPRINT_TCP_OPTIONS text
     tcp_flags: int  # the 9 flag bits, NS included
+    tcp_ecn: int  # ECE + 2 x CWR: 3 on an ECN-setup SYN
     has_payload: bool  # the IP length says the SYN carried data
     quirks: tuple[str, ...]
-    p0f: str  # the p0f v3 raw signature
-
-    @property
-    def ittl(self) -> int:
-        return sig.initial_ttl(self.ttl)
-
-    @property
-    def hops(self) -> int:
-        return sig.initial_ttl(self.ttl) - self.ttl
-
-    @property
-    def tcp_ecn(self) -> int:
-        """ECE + 2 x CWR: 3 on an ECN-setup SYN."""
-        return self.tcp_flags >> 6 & 3
-
-    @property
-    def options_text(self) -> str:
-        return kinds_text(self.options)
-
-    @property
-    def quirks_text(self) -> str:
-        return ",".join(self.quirks)
+    quirks_text: str
 
 
-def parse_syn(data: bytes | bytearray | memoryview) -> Fingerprint:
-    """Read a SYN (IPv4 or IPv6 header, TCP header, options).  Raises ``MalformedSyn``."""
-    data = bytes(data)
+_ITTL = tuple(sig.initial_ttl(t) for t in range(256))
+#: "ver:ttl+dist:" for every version and TTL: the per-packet head of a p0f signature.
+_P0F_HEAD = {
+    v: tuple(f"{v}:{t}+{_ITTL[t] - t if _ITTL[t] - t <= sig.MAX_DISTANCE else '?'}:" for t in range(256))
+    for v in (4, 6)
+}
+_N_VARYING = 9  # Fingerprint fields before the shape
+
+
+def _parse_slow(data: bytes) -> tuple[Fingerprint, int]:
+    """Read any SYN front to back; also returns where its timestamp option starts (-1: none)."""
     n = len(data)
     if n == 0:
         raise Truncated("IP header", 0, 1, 0)
@@ -111,7 +108,7 @@ def parse_syn(data: bytes | bytearray | memoryview) -> Fingerprint:
         ip_olen = at - 20
         after_ip = total_length - at
         ip_ecn = tos & 3
-        df = bool(frag & IP_DF)
+        df = 1 if frag & IP_DF else 0
         flow_label = None
         if df:
             quirks = sig.DF | sig.ID_NZ if ip_id else sig.DF
@@ -233,8 +230,134 @@ def parse_syn(data: bytes | bytearray | memoryview) -> Fingerprint:
         version, ttl, ip_olen, p0f_mss, window, p0f_scale, p0f_layout, eol_pad,
         p0f_quirks, has_payload, p0f_ts, at + tcp_length,
     )
-    return Fingerprint(
-        data, version, ttl, df, ip_ecn, ip_id, ip_olen, flow_label, window,
-        walk.window_scale, walk.mss, walk.kinds, walk.ts_val, walk.ts_ecr, flags,
-        has_payload, sig.quirk_names(quirks), p0f,
+    names = sig.quirk_names(quirks)
+    ittl = _ITTL[ttl]
+    fingerprint = Fingerprint(
+        data, ttl, ip_id, flow_label, walk.ts_val, walk.ts_ecr, ittl, ittl - ttl, p0f,
+        version, df, ip_ecn, ip_olen, window, walk.window_scale, walk.mss, walk.kinds,
+        _kinds_text(walk.kinds), flags, flags >> 6 & 3, has_payload, names, _quirks_text(names),
     )
+    ts_at = -1 if walk.ts_at < 0 else at + 20 + walk.ts_at
+    return fingerprint, ts_at
+
+
+# --------------------------------------------------------------------------- the fast path
+#
+# Most SYNs a sensor sees come from a few stacks: the same header and option
+# layout, differing only in TTL, IP ID, flow label, ports, addresses, sequence
+# number, checksums and timestamp values.  Everything else a Fingerprint holds
+# is a pure function of the remaining bytes (plus whether IP ID, sequence
+# number, TSval and TSecr are zero, which quirks depend on).  So for the common
+# forms (IPv4 without options, IPv6 without extension headers) we key a cache
+# on exactly those bytes and flags, and rebuild only the varying fields per
+# packet.  A shape is cached only when the timestamp option we masked is the
+# one the full parse found, so a cached shape always equals a full parse;
+# tests/test_syn_cache.py checks that against ``parse_syn_uncached``.
+
+_shapes: dict[bytes, tuple[tuple, int, str]] = {}
+_SHAPES_LIMIT = 1 << 16
+_kinds_cache: dict[tuple[int, ...], str] = {}
+_quirks_cache: dict[tuple[str, ...], str] = {}
+_NO_TS = b"\0"
+_TS_KIND = b"\x08\x0a"
+
+
+def _kinds_text(kinds: tuple[int, ...]) -> str:
+    text = _kinds_cache.get(kinds)
+    if text is None:
+        if len(_kinds_cache) >= _SHAPES_LIMIT:
+            _kinds_cache.clear()
+        text = _kinds_cache[kinds] = kinds_text(kinds)
+    return text
+
+
+def _quirks_text(names: tuple[str, ...]) -> str:
+    text = _quirks_cache.get(names)
+    if text is None:
+        text = _quirks_cache[names] = ",".join(names)
+    return text
+
+
+def _shape_key(data: bytes) -> tuple[bytes, int] | None:
+    """The cache key of a common-form SYN and where its timestamp option starts, or None."""
+    first = data[0]
+    n = len(data)
+    if first == 0x45:
+        if n < 40 or data[9] != PROTO_TCP:
+            return None
+        end = 20 + (data[32] >> 4) * 4
+        if end < 40 or n < end:
+            return None
+        ts = data.find(_TS_KIND, 40, end)
+        flags = (not (data[4] or data[5])) | (data[24:28] == b"\0\0\0\0") << 1
+        if ts < 0:
+            key = data[0:4] + data[6:8] + data[28:36] + data[38:end]
+        elif ts + 10 <= end:
+            flags |= (data[ts + 2 : ts + 6] == b"\0\0\0\0") << 2 | (data[ts + 6 : ts + 10] == b"\0\0\0\0") << 3
+            key = data[0:4] + data[6:8] + data[28:36] + data[38:ts] + data[ts + 10 : end]
+        else:
+            return None
+        return key + bytes((flags, ts - 40 if ts >= 0 else 255)), ts
+    if first >> 4 == 6:
+        if n < 60 or data[6] != PROTO_TCP:
+            return None
+        end = 40 + (data[52] >> 4) * 4
+        if end < 60 or n < end:
+            return None
+        ts = data.find(_TS_KIND, 60, end)
+        flags = (not (data[1] & 15 or data[2] or data[3])) | (data[44:48] == b"\0\0\0\0") << 1
+        head = bytes((first, data[1] & 0xF0)) + data[4:6]
+        if ts < 0:
+            key = head + data[48:56] + data[58:end]
+        elif ts + 10 <= end:
+            flags |= (data[ts + 2 : ts + 6] == b"\0\0\0\0") << 2 | (data[ts + 6 : ts + 10] == b"\0\0\0\0") << 3
+            key = head + data[48:56] + data[58:ts] + data[ts + 10 : end]
+        else:
+            return None
+        return key + bytes((flags, ts - 60 if ts >= 0 else 255)), ts
+    return None
+
+
+def parse_syn(data: bytes | bytearray | memoryview) -> Fingerprint:
+    """Read a SYN (IPv4 or IPv6 header, TCP header, options).  Raises ``MalformedSyn``."""
+    data = bytes(data)
+    if not data:
+        raise Truncated("IP header", 0, 1, 0)
+    found = _shape_key(data)
+    if found is not None:
+        key, ts = found
+        shape = _shapes.get(key)
+        if shape is not None:
+            rest, version, tail = shape
+            if version == 4:
+                ttl = data[8]
+                ip_id = data[4] << 8 | data[5]
+                flow = None
+            else:
+                ttl = data[7]
+                ip_id = None
+                flow = (data[1] & 15) << 16 | data[2] << 8 | data[3]
+            if ts >= 0:
+                ts_val = int.from_bytes(data[ts + 2 : ts + 6], "big")
+                ts_ecr = int.from_bytes(data[ts + 6 : ts + 10], "big")
+            else:
+                ts_val = ts_ecr = None
+            ittl = _ITTL[ttl]
+            return tuple.__new__(Fingerprint, (
+                data, ttl, ip_id, flow, ts_val, ts_ecr, ittl, ittl - ttl,
+                _P0F_HEAD[version][ttl] + tail) + rest)
+    fingerprint, ts_at = _parse_slow(data)
+    if found is not None and ts_at == found[1]:
+        if len(_shapes) >= _SHAPES_LIMIT:
+            _shapes.clear()
+        tail = fingerprint.p0f.split(":", 2)[2]
+        _shapes[found[0]] = (fingerprint[_N_VARYING:], fingerprint.ip_version, tail)
+    return fingerprint
+
+
+def parse_syn_uncached(data: bytes | bytearray | memoryview) -> Fingerprint:
+    """``parse_syn`` without the shape cache: the reference the cache is tested against."""
+    data = bytes(data)
+    if not data:
+        raise Truncated("IP header", 0, 1, 0)
+    return _parse_slow(data)[0]
