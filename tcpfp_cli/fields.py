@@ -146,7 +146,9 @@ class Renderer:
         index = {name: i for i, name in enumerate(Fingerprint._fields)}
         members = [index[f.member] for f in self.fields if f.member is not None]
         self._members = len(members)
-        self._get = itemgetter(*members, members[0]) if members else None  # always a tuple
+        # itemgetter of one index returns the value itself; of two or more, a tuple.
+        self._get = itemgetter(*members) if len(members) > 1 else (
+            (lambda fp, i=members[0]: (fp[i],)) if members else None)
         self._plan = tuple((f.member is not None, f.read) for f in self.fields)
         self._all_members = self._members == len(self.fields)
         self._missing = ["-"] * len(self.fields)
@@ -156,8 +158,11 @@ class Renderer:
         if self._all_members:
             if fp is None:
                 return self._missing.copy()
-            return ["-" if v is None else str(v) for v in self._get(fp)[:-1]]
-        values = iter(self._get(fp) if fp is not None and self._get else (None,) * (self._members + 1))
+            values = self._get(fp)
+            if None in values:
+                return ["-" if v is None else str(v) for v in values]
+            return list(map(str, values))
+        values = iter(self._get(fp) if fp is not None and self._get else (None,) * self._members)
         return ["-" if (v := next(values) if member else read(obs)) is None else str(v)
                 for member, read in self._plan]
 

@@ -63,6 +63,9 @@ class OptionWalk(NamedTuple):
     bad: bool  # a malformed option (quirk bad)
     p0f_agrees: bool  # p0f's walk would read the same layout and values
     ts_at: int  # offset of the one timestamp option; -1 none, -2 more than one
+    ts1_zero: bool  # some timestamp option has TSval 0 (quirk ts1-)
+    ts2_nonzero: bool  # some timestamp option has TSecr != 0 (quirk ts2+ on a SYN)
+    exws: bool  # some window-scale option is over 14 (quirk exws)
 
 
 def walk_options(area: bytes) -> OptionWalk:
@@ -73,6 +76,7 @@ def walk_options(area: bytes) -> OptionWalk:
     eol_nonzero = bad = False
     p0f_agrees = True
     ts_at = -1
+    ts1_zero = ts2_nonzero = exws = False
     end = len(area)
     i = 0
     while i < end:
@@ -110,11 +114,14 @@ def walk_options(area: bytes) -> OptionWalk:
             if length >= 10:
                 ts_val = int.from_bytes(area[i + 2 : i + 6], "big")
                 ts_ecr = int.from_bytes(area[i + 6 : i + 10], "big")
+                ts1_zero |= not ts_val
+                ts2_nonzero |= bool(ts_ecr)
         elif kind == 3:
             if length != 3:
                 bad = True
             if length >= 3:
                 window_scale = area[i + 2]
+                exws |= window_scale > 14
         elif kind == 4:
             if length != 2:
                 bad = True
@@ -125,7 +132,7 @@ def walk_options(area: bytes) -> OptionWalk:
         p0f_agrees = False
     return OptionWalk(
         tuple(kinds), mss, window_scale, ts_val, ts_ecr, eol_pad, eol_nonzero, bad, p0f_agrees,
-        ts_at,
+        ts_at, ts1_zero, ts2_nonzero, exws,
     )
 
 
@@ -140,9 +147,10 @@ class P0fWalk(NamedTuple):
     layout: tuple[int, ...]  # at most 24 kinds; EOL appears once, at the end
     mss: int  # 0 when absent
     window_scale: int  # 0 when absent
-    ts_val: int  # 0 when absent
-    ts_ecr_nonzero: bool
-    has_ts: bool
+    ts_val: int  # 0 when absent; the last timestamp option's
+    ts1_zero: bool  # some timestamp option has TSval 0
+    ts2_nonzero: bool  # some timestamp option has TSecr != 0
+    exws: bool  # some window-scale option is over 14
     eol_pad: int
     eol_nonzero: bool
     bad: bool
@@ -152,7 +160,7 @@ def p0f_walk(area: bytes) -> P0fWalk:
     """Walk an option area as p0f does: fixed lengths for known kinds."""
     layout: list[int] = []
     mss = window_scale = ts_val = 0
-    ts_ecr_nonzero = has_ts = eol_nonzero = False
+    ts1_zero = ts2_nonzero = exws = eol_nonzero = False
     eol_pad = 0
     end = len(area)
     i = 0
@@ -186,6 +194,7 @@ def p0f_walk(area: bytes) -> P0fWalk:
                 aborted = True
                 break
             window_scale = area[i + 1]
+            exws |= window_scale > 14
             i += 2
         elif kind == 4:
             if i >= end or area[i] != 2:
@@ -200,9 +209,9 @@ def p0f_walk(area: bytes) -> P0fWalk:
             if i + 9 > end:
                 aborted = True
                 break
-            has_ts = True
             ts_val = int.from_bytes(area[i + 1 : i + 5], "big")
-            ts_ecr_nonzero = area[i + 5 : i + 9] != b"\0\0\0\0"
+            ts1_zero |= not ts_val
+            ts2_nonzero |= area[i + 5 : i + 9] != b"\0\0\0\0"
             i += 9
         else:
             # SACK (10..34 bytes) and unknown kinds (2..40) carry their length.
@@ -218,7 +227,8 @@ def p0f_walk(area: bytes) -> P0fWalk:
     if aborted or i != end:
         bad = True
     return P0fWalk(
-        tuple(layout), mss, window_scale, ts_val, ts_ecr_nonzero, has_ts, eol_pad, eol_nonzero, bad
+        tuple(layout), mss, window_scale, ts_val, ts1_zero, ts2_nonzero, exws, eol_pad,
+        eol_nonzero, bad,
     )
 
 

@@ -185,14 +185,14 @@ def _parse_slow(data: bytes) -> tuple[Fingerprint, int]:
         quirks |= sig.PUSH
     plain_syn = flags & (SYN | ACK | FIN | RST) == SYN
     p0f_quirks = quirks
-    if walk.ts_val is not None:
-        if not walk.ts_val:
-            quirks |= sig.TS1_ZERO
-        if walk.ts_ecr and plain_syn:
-            quirks |= sig.TS2_NZ
+    # A repeated option shows its quirk if any occurrence has it, as in p0f.
+    if walk.ts1_zero:
+        quirks |= sig.TS1_ZERO
+    if walk.ts2_nonzero and plain_syn:
+        quirks |= sig.TS2_NZ
     if walk.eol_nonzero:
         quirks |= sig.OPT_EOL_NZ
-    if walk.window_scale is not None and walk.window_scale > 14:
+    if walk.exws:
         quirks |= sig.EXWS
     if walk.bad:
         quirks |= sig.BAD
@@ -212,14 +212,13 @@ def _parse_slow(data: bytes) -> tuple[Fingerprint, int]:
         eol_pad = walk.eol_pad
     else:
         pw = p0f_walk(area)
-        if pw.has_ts:
-            if not pw.ts_val:
-                p0f_quirks |= sig.TS1_ZERO
-            if pw.ts_ecr_nonzero and plain_syn:
-                p0f_quirks |= sig.TS2_NZ
+        if pw.ts1_zero:
+            p0f_quirks |= sig.TS1_ZERO
+        if pw.ts2_nonzero and plain_syn:
+            p0f_quirks |= sig.TS2_NZ
         if pw.eol_nonzero:
             p0f_quirks |= sig.OPT_EOL_NZ
-        if pw.window_scale > 14:
+        if pw.exws:
             p0f_quirks |= sig.EXWS
         if pw.bad:
             p0f_quirks |= sig.BAD
