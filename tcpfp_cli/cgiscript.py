@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
@@ -91,8 +92,10 @@ async def run_cgi(
     try:
         output = await asyncio.wait_for(_collect(process, body, max_output), timeout)
     except (asyncio.TimeoutError, CgiFailure) as error:
-        if process.returncode is None:
-            process.kill()
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # the script and anything it started
+        except ProcessLookupError:
+            pass
         await process.wait()
         reason = "script timed out" if isinstance(error, asyncio.TimeoutError) else str(error)
         return 500, [], f"{reason}\n".encode()
@@ -107,11 +110,12 @@ async def run_cgi(
 async def _collect(process: asyncio.subprocess.Process, body: bytes, max_output: int) -> bytes:
     assert process.stdin and process.stdout
     try:
-        process.stdin.write(body)
-        await process.stdin.drain()
+        if body:
+            process.stdin.write(body)
+            await process.stdin.drain()
         process.stdin.close()
-    except (BrokenPipeError, ConnectionResetError):
-        pass
+    except (BrokenPipeError, ConnectionResetError, RuntimeError):
+        pass  # the script exited without reading its input (uvloop raises RuntimeError)
     chunks: list[bytes] = []
     size = 0
     while chunk := await process.stdout.read(65536):

@@ -56,7 +56,7 @@ def _syn(getter: Callable[[Fingerprint], Value]) -> Callable[[Observation], Valu
 def _info(attr: str, name: str) -> Callable[[Observation], Value]:
     def read(obs: Observation) -> Value:
         info = getattr(obs, attr)
-        return None if info is None else info.values.get(name)
+        return None if info is None else info.get(name)
 
     return read
 

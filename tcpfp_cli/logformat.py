@@ -51,7 +51,7 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from .errors import TcpfpError, UnknownField
-from .fields import BY_NAME, FIELDS, Field, Observation, lookup, render
+from .fields import BY_NAME, FIELDS, Field, Observation, Renderer, lookup, render
 
 __all__ = [
     "AccessRecord",
@@ -587,6 +587,7 @@ def _run_writer(fields: tuple[Field, ...], template: str, attrs: tuple[str, ...]
         (field,) = fields
         return lambda r: render(field, r.observation)
     key = attrgetter(*attrs) if len(attrs) > 1 else (lambda obs, a=attrs[0]: (getattr(obs, a),))
+    texts = Renderer(fields).texts
     cache: list[object] = [(), ""]  # the key objects last rendered, and the text
 
     def write(r: _R) -> str:
@@ -595,7 +596,7 @@ def _run_writer(fields: tuple[Field, ...], template: str, attrs: tuple[str, ...]
         last = cache[0]
         if len(last) == len(now) and all(map(is_, now, last)):  # type: ignore[arg-type]
             return cache[1]  # type: ignore[return-value]
-        text = template % tuple([render(f, obs) for f in fields])
+        text = template % tuple(texts(obs))
         cache[0], cache[1] = now, text
         return text
 

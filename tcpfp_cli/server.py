@@ -230,6 +230,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "server", "transport", "obs", "remote", "local", "buffer", "requests", "timer",
         "started", "busy", "closing", "head", "body_left", "body", "wants_now", "blank_lines",
+        "half_closed",
     )
 
     def __init__(self, server: Server) -> None:
@@ -240,6 +241,7 @@ class Connection(asyncio.Protocol):
         self.busy = False  # a request is being answered (CGI)
         self.closing = False
         self.blank_lines = False  # empty lines arrived, and no request after them yet
+        self.half_closed = False  # the client shut its side while a CGI script ran
         self.head: RequestHead | None = None
         self.body_left = 0
         self.body = bytearray()
@@ -285,6 +287,9 @@ class Connection(asyncio.Protocol):
             self._process()
 
     def eof_received(self) -> bool:
+        if self.busy:  # a CGI script is answering: keep the socket open to write it
+            self.half_closed = True
+            return True
         self._log_unfinished(400)
         return False
 
@@ -371,7 +376,7 @@ class Connection(asyncio.Protocol):
             del self.buffer[:end]
             self.blank_lines = False
             if head.content_length > config.max_body:
-                self._finish(head, 413, b"request body too large\n", "text/plain", False)
+                self._finish(head, 413, b"request body too large\n", "text/plain", False, self.obs)
                 return
             if head.content_length:
                 self.head, self.body_left = head, head.content_length
@@ -388,32 +393,41 @@ class Connection(asyncio.Protocol):
 
     def _respond(self, head: RequestHead) -> None:
         server = self.server
+        obs = self._observation()  # one TCP_INFO reading per request, for body, CGI and log
         if server.cgi_dir is not None and head.path.startswith(b"/cgi-bin/"):
             self.busy = True
-            asyncio.get_running_loop().create_task(self._run_cgi(head))
+            if self.timer is not None:
+                self.timer.cancel()  # the script has --cgi-timeout, not the request timeout
+                self.timer = None
+            asyncio.get_running_loop().create_task(self._run_cgi(head, obs))
             return
         keep_alive = head.keep_alive and not head.chunked and not server.stopping
         if server.body is not None:
             body, ctype = server.body, server.body_type
         else:
             as_json = b"application/json" in head.headers.get("accept", b"")
-            body = fingerprint_body(self._observation(), as_json)
+            body = fingerprint_body(obs, as_json)
             ctype = "application/json" if as_json else "text/plain; charset=utf-8"
-        self._finish(head, 200, body, ctype, keep_alive)
+        self._finish(head, 200, body, ctype, keep_alive, obs)
 
     def _observation(self) -> Observation:
-        if self.server.wants_now:
-            raw = kernel.read_tcp_info(self.transport.get_extra_info("socket"))
+        """The connection's observation, with TCP_INFO read again now if anything uses it."""
+        server = self.server
+        if server.wants_now and server.config.tcp_info and not self.transport.is_closing():
+            try:
+                raw = kernel.read_tcp_info(self.transport.get_extra_info("socket"))
+            except (OSError, ValueError):  # the socket is already gone
+                raw = None
             if raw:
                 return self.obs._replace(tcp_info_now=parse_tcp_info(raw))
         return self.obs
 
     def _finish(self, head: RequestHead, status: int, body: bytes, ctype: str, keep_alive: bool,
-                extra: list[tuple[str, str]] = ()) -> None:
+                obs: Observation, extra: list[tuple[str, str]] = ()) -> None:
         send_body = head.method != b"HEAD"
         self.transport.write(response_head(status, ctype, len(body), keep_alive, extra)
                              + (body if send_body else b""))
-        self._log(head.request_line, head, status, len(body) if send_body else 0)
+        self._log(head.request_line, head, status, len(body) if send_body else 0, obs)
         self.requests += 1
         if keep_alive:
             self._arm(self.server.config.keepalive_timeout)
@@ -421,7 +435,8 @@ class Connection(asyncio.Protocol):
             self.closing = True
             self.transport.close()
 
-    def _log(self, request_line: bytes, head: RequestHead | None, status: int, sent: int) -> None:
+    def _log(self, request_line: bytes, head: RequestHead | None, status: int, sent: int,
+             obs: Observation | None = None) -> None:
         now = time.time()
         record = AccessRecord(
             remote_addr=self.remote[0], remote_port=self.remote[1],
@@ -438,18 +453,18 @@ class Connection(asyncio.Protocol):
             request_headers=head.headers if head else {},
             response_headers={},
             env={},
-            observation=self._observation() if self.server.wants_now else self.obs,
+            observation=obs if obs is not None else self._observation(),
         )
         self.server.log.write(self.server.config.log_format.write(record))
 
     # -- CGI -----------------------------------------------------------------
-    async def _run_cgi(self, head: RequestHead) -> None:
+    async def _run_cgi(self, head: RequestHead, obs: Observation) -> None:
         from .cgiscript import run_cgi
 
         server = self.server
         try:
             status, headers, body = await run_cgi(
-                server.cgi_dir, head, bytes(self.body), self._cgi_environment(head),
+                server.cgi_dir, head, bytes(self.body), self._cgi_environment(head, obs),
                 timeout=server.config.cgi_timeout, max_output=server.config.cgi_max_output,
             )
         except Exception as error:  # a failing script must not take the server down
@@ -457,16 +472,20 @@ class Connection(asyncio.Protocol):
             status, headers, body = 500, [], b"CGI script failed\n"
         self.busy = False
         if self.closing or self.transport.is_closing():
-            self._log(head.request_line, head, status, 0)
+            self._log(head.request_line, head, status, 0, obs)  # the client left meanwhile
             return
         ctype = next((v for k, v in headers if k.lower() == "content-type"), "text/plain")
         extra = [(k, v) for k, v in headers if k.lower() not in ("content-type", "content-length", "status")]
-        keep_alive = head.keep_alive and not head.chunked and not server.stopping
-        self._finish(head, status, body, ctype, keep_alive, extra)
+        keep_alive = head.keep_alive and not head.chunked and not server.stopping and not self.half_closed
+        self._finish(head, status, body, ctype, keep_alive, obs, extra)
         if self.buffer and not self.closing:
             self._process()
+        if self.half_closed and not self.closing:
+            self.closing = True
+            self.transport.close()
+        server.idle_check()
 
-    def _cgi_environment(self, head: RequestHead) -> dict[str, str]:
+    def _cgi_environment(self, head: RequestHead, obs: Observation) -> dict[str, str]:
         config = self.server.config
         env = {
             "GATEWAY_INTERFACE": "CGI/1.1",
@@ -489,7 +508,6 @@ class Connection(asyncio.Protocol):
         for name, value in head.headers.items():
             if name not in ("content-type", "content-length", "proxy"):
                 env["HTTP_" + name.upper().replace("-", "_")] = value.decode("latin-1")
-        obs = self._observation()
         if config.env_vars or config.env_tcp_info or config.env_saved_syn:
             env.update(environment(obs, scalars=config.env_vars, tcp_info=config.env_tcp_info,
                                    saved_syn=config.env_saved_syn))
@@ -532,7 +550,8 @@ class Server:
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         loop = asyncio.get_running_loop()
-        servers = [await loop.create_server(lambda: Connection(self), sock=s) for s in self.sockets]
+        servers = [await loop.create_server(lambda: Connection(self), sock=s, backlog=self.config.backlog)
+                   for s in self.sockets]
         self._stopped = asyncio.Event()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -99,38 +99,51 @@ TCP_INFO_LAYOUT: tuple[TcpInfoField, ...] = (
     TcpInfoField("received_ce_bytes", 272, "I", "6.18"),
 )
 
-_READERS = tuple(
-    (f.name, f.offset + struct.calcsize(f.format), struct.Struct("=" + f.format), f.offset, f.bits)
+class _Reader(NamedTuple):
+    end: int  # offset just past the field: it exists when the TCP_INFO is at least this long
+    struct: struct.Struct
+    offset: int
+    bits: tuple[int, int] | None
+
+
+_READERS: dict[str, _Reader] = {
+    f.name: _Reader(f.offset + struct.calcsize(f.format), struct.Struct("=" + f.format), f.offset, f.bits)
     for f in TCP_INFO_LAYOUT
-)
+}
 
 
 class TcpInfo(NamedTuple):
-    """The named fields present in one TCP_INFO; ``raw`` is what the kernel returned."""
+    """One TCP_INFO as the kernel returned it; fields are decoded when asked for.
+
+    A server reads TCP_INFO at every accept (and again per request) but logs
+    only a few of its ~70 fields, so decoding is lazy: ``get`` unpacks one
+    field, ``values`` all of those present.
+    """
 
     raw: bytes
-    values: dict[str, int]
 
     def get(self, name: str) -> int | None:
-        return self.values.get(name)
+        """The field's value, or None when this TCP_INFO is too short to hold it."""
+        reader = _READERS.get(name)
+        if reader is None or reader.end > len(self.raw):
+            return None
+        value = reader.struct.unpack_from(self.raw, reader.offset)[0]
+        if reader.bits is not None:
+            shift, width = reader.bits
+            value = value >> shift & ((1 << width) - 1)
+        return value
+
+    @property
+    def values(self) -> dict[str, int]:
+        """Every named field the length holds, in struct order."""
+        return {name: self.get(name) for name, r in _READERS.items() if r.end <= len(self.raw)}  # type: ignore[misc]
 
     @property
     def rtt(self) -> int | None:
         """Smoothed RTT in microseconds; at accept, the handshake RTT."""
-        return self.values.get("rtt")
+        return self.get("rtt")
 
 
 def parse_tcp_info(data: bytes | bytearray | memoryview) -> TcpInfo:
-    """Decode the fields that fit in ``data``; unknown trailing bytes are kept in ``raw``."""
-    raw = bytes(data)
-    n = len(raw)
-    values: dict[str, int] = {}
-    for name, end, reader, offset, bits in _READERS:
-        if end > n:
-            break
-        value = reader.unpack_from(raw, offset)[0]
-        if bits is not None:
-            shift, width = bits
-            value = value >> shift & ((1 << width) - 1)
-        values[name] = value
-    return TcpInfo(raw, values)
+    """A TcpInfo over ``data``; any length is valid (fields past it are absent)."""
+    return TcpInfo(bytes(data))
