@@ -35,6 +35,19 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(EXIT_BAD_INPUT)
 
 
+SignaturesOption = Annotated[Optional[list[str]], typer.Option(
+    "--signatures", metavar="FILE", help="Your own p0f-format signature file, searched first (repeatable).")]
+P0fDbOption = Annotated[Optional[str], typer.Option(
+    "--p0f-db", metavar="PATH", help="p0f's database to use (default /etc/p0f/p0f.fp when it exists).")]
+NoP0fDbOption = Annotated[bool, typer.Option("--no-p0f-db", help="Do not use p0f's database.")]
+
+
+def _labeler(signatures: list[str] | None, p0f_db: str | None, no_p0f_db: bool):
+    from .oslabel import Labeler
+
+    return Labeler.from_options(signatures or (), p0f_db, not no_p0f_db)
+
+
 def _inputs(values: list[str]) -> list[tuple[str, str]]:
     """(label, text) for every input: the arguments, or stdin lines for none or ``-``."""
     if not values or values == ["-"]:
@@ -60,6 +73,9 @@ def decode(
         "--tcp-info", help="The inputs are FINGERPRINT_TCP_INFO values, not SYNs.")] = False,
     list_fields: Annotated[bool, typer.Option(
         "--list-fields", help="List every field with its meaning, and exit.")] = False,
+    signatures: SignaturesOption = None,
+    p0f_db: P0fDbOption = None,
+    no_p0f_db: NoP0fDbOption = False,
 ) -> None:
     """Decode saved SYNs (FINGERPRINT_SAVED_SYN hex) into their fingerprint fields."""
     if list_fields:
@@ -69,12 +85,13 @@ def decode(
     try:
         names = decoding.tcp_info_names(fields) if tcp_info else None
         chosen = [lookup(n) for n in fields.split(",") if n.strip()] if fields and not tcp_info else SYN_FIELDS
+        labeler = None if tcp_info else _labeler(signatures, p0f_db, no_p0f_db)
     except TcpfpError as error:
         raise fail(str(error)) from None
     if fields and not tcp_info:
         chosen = Renderer(chosen)
     failed = 0
-    for outcome in decoding.decode_all(_inputs(hex_values or []), tcp_info=tcp_info):
+    for outcome in decoding.decode_all(_inputs(hex_values or []), tcp_info=tcp_info, labeler=labeler):
         if outcome.error is not None:
             failed += 1
             typer.echo(decoding.error_line(outcome), err=True)
@@ -127,6 +144,9 @@ def serve(
     loop: Annotated[str, typer.Option("--loop", help="Event loop: auto (uvloop if installed), asyncio, uvloop.")] = "auto",
     workers: Annotated[int, typer.Option(
         "--workers", help="Worker processes sharing the port (SO_REUSEPORT); one per core is fastest.")] = 1,
+    signatures: SignaturesOption = None,
+    p0f_db: P0fDbOption = None,
+    no_p0f_db: NoP0fDbOption = False,
 ) -> None:
     """Listen for HTTP, fingerprint every client's SYN, and write an Apache-style access log."""
     from .httpwire import Limits
@@ -144,6 +164,7 @@ def serve(
             limits=Limits(max_line, max_headers), request_timeout=request_timeout,
             keepalive_timeout=keepalive_timeout, max_connections=max_connections,
             cgi_timeout=cgi_timeout, user=user, workers=workers,
+            labeler=_labeler(signatures, p0f_db, no_p0f_db),
         )
         run_server(config, loop)
     except TcpfpError as error:

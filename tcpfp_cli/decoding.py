@@ -18,6 +18,7 @@ from tabulate import tabulate
 from .errors import TcpfpError
 from .fields import SYN_FIELDS, Field, Observation, Renderer, render
 from .hextext import parse_hex
+from .oslabel import Labeler
 from .syn import parse_syn
 from .tcpinfo import TCP_INFO_LAYOUT, TcpInfo, parse_tcp_info
 
@@ -31,7 +32,9 @@ class Outcome(NamedTuple):
     error: TcpfpError | None
 
 
-def decode_all(inputs: Iterable[tuple[str, str]], *, tcp_info: bool = False) -> Iterator[Outcome]:
+def decode_all(
+    inputs: Iterable[tuple[str, str]], *, tcp_info: bool = False, labeler: Labeler | None = None
+) -> Iterator[Outcome]:
     """Decode every (label, hex text) pair; a bad one yields its error, never stops the run."""
     for label, text in inputs:
         try:
@@ -39,7 +42,9 @@ def decode_all(inputs: Iterable[tuple[str, str]], *, tcp_info: bool = False) -> 
             if tcp_info:
                 result: Observation | TcpInfo = parse_tcp_info(raw)
             else:
-                result = Observation(fingerprint=parse_syn(raw), saved_syn=raw)
+                fingerprint = parse_syn(raw)
+                os_label = labeler.label(fingerprint) if labeler is not None else None
+                result = Observation(fingerprint=fingerprint, saved_syn=raw, os=os_label)
         except TcpfpError as error:
             yield Outcome(label, text, None, error)
         else:

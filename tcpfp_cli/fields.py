@@ -19,6 +19,7 @@ from operator import attrgetter, itemgetter
 from typing import NamedTuple
 
 from .errors import UnknownField
+from .sigdb import Match
 from .syn import Fingerprint
 from .tcpinfo import TcpInfo
 
@@ -33,6 +34,7 @@ class Observation(NamedTuple):
     tcp_info: TcpInfo | None = None  # read once, at accept
     tcp_info_now: TcpInfo | None = None  # read again when a request arrives
     accept_time_us: int | None = None
+    os: Match | None = None  # the signature-database label of the SYN
 
 
 class Field(NamedTuple):
@@ -88,6 +90,11 @@ FIELDS: tuple[Field, ...] = (
     _member("FINGERPRINT_QUIRKS", "p0f quirk names, comma-separated, or empty", "text", "quirks_text"),
     _member("FINGERPRINT_P0F", "the SYN's p0f v3 raw signature, as p0f prints raw_sig",
             "text", "p0f"),
+    # --- from signature databases ---------------------------------------------
+    Field("FINGERPRINT_OS", "OS label class:name:flavor from the signature databases, or -",
+          "os", "text", lambda obs: None if obs.os is None else obs.os.label),
+    Field("FINGERPRINT_OS_MATCH", "how the label matched: exact, fuzzy, generic, or -",
+          "os", "text", lambda obs: None if obs.os is None else obs.os.kind),
     # --- the connection -------------------------------------------------------
     Field("FINGERPRINT_TCP_RTT", "tcpi_rtt at accept, in microseconds: the handshake RTT",
           "tcp_info", "int", _info("tcp_info", "rtt")),
@@ -112,8 +119,8 @@ FIELDS: tuple[Field, ...] = (
 
 BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 SCALAR_FIELDS: tuple[Field, ...] = tuple(f for f in FIELDS if f.scalar)
-#: Fields a SYN alone determines: what ``decode`` shows.
-SYN_FIELDS: tuple[Field, ...] = tuple(f for f in FIELDS if f.source == "syn")
+#: Fields a SYN alone determines (with the signature databases): what ``decode`` shows.
+SYN_FIELDS: tuple[Field, ...] = tuple(f for f in FIELDS if f.source in ("syn", "os"))
 
 
 def lookup(name: str) -> Field:

@@ -39,6 +39,7 @@ from .errors import MalformedSyn, TcpfpError
 from .fields import SCALAR_FIELDS, Observation, environment, render
 from .httpwire import BadRequest, Limits, RequestHead, parse_head, scan, skip_blank_lines
 from .logformat import AccessRecord, LogFormat
+from .oslabel import Labeler
 from .syn import parse_syn
 from .tcpinfo import parse_tcp_info
 
@@ -77,6 +78,7 @@ class ServerConfig:
     user: str | None = None
     backlog: int = 4096
     workers: int = 1  # processes sharing the port (SO_REUSEPORT)
+    labeler: Labeler | None = None  # FINGERPRINT_OS from signature databases
 
 
 # --------------------------------------------------------------------------- sockets
@@ -286,8 +288,10 @@ class Connection(asyncio.Protocol):
                 fingerprint = parse_syn(raw_syn)
             except MalformedSyn:
                 fingerprint = None  # logged with '-' fields; the hex is kept
+        labeler = server.config.labeler
         self.obs = Observation(
-            fingerprint, raw_syn, parse_tcp_info(raw_info) if raw_info else None, None, accept_us
+            fingerprint, raw_syn, parse_tcp_info(raw_info) if raw_info else None, None, accept_us,
+            labeler.label(fingerprint) if labeler is not None and fingerprint is not None else None,
         )
         peer = transport.get_extra_info("peername") or ("-", 0)
         here = transport.get_extra_info("sockname") or ("-", 0)
