@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 from . import signature as sig
 from .errors import BadHeaderLength, MalformedSyn, NotSyn, NotTcp, Truncated, UnsupportedIpVersion
-from .options import kinds_text, p0f_walk, walk_options
+from .options import OptionWalk, P0fWalk, kinds_text, p0f_walk, walk_options
 
 _IPV4 = struct.Struct("!BBHHHBB")  # ver/ihl, tos, total length, id, flags/fragment, ttl, protocol
 _IPV6 = struct.Struct("!IHBB")  # ver/class/flow, payload length, next header, hop limit
@@ -85,6 +85,23 @@ _P0F_HEAD = {
     for v in (4, 6)
 }
 _N_VARYING = 9  # Fingerprint fields before the shape
+
+
+def _option_quirks(walk: OptionWalk | P0fWalk, plain_syn: bool) -> int:
+    """The quirks an option walk found.  A repeated option shows its quirk if any
+    occurrence has it, as in p0f; ts2+ only counts on a plain SYN."""
+    quirks = 0
+    if walk.ts1_zero:
+        quirks |= sig.TS1_ZERO
+    if walk.ts2_nonzero and plain_syn:
+        quirks |= sig.TS2_NZ
+    if walk.eol_nonzero:
+        quirks |= sig.OPT_EOL_NZ
+    if walk.exws:
+        quirks |= sig.EXWS
+    if walk.bad:
+        quirks |= sig.BAD
+    return quirks
 
 
 def _parse_slow(data: bytes) -> tuple[Fingerprint, int]:
@@ -185,17 +202,7 @@ def _parse_slow(data: bytes) -> tuple[Fingerprint, int]:
         quirks |= sig.PUSH
     plain_syn = flags & (SYN | ACK | FIN | RST) == SYN
     p0f_quirks = quirks
-    # A repeated option shows its quirk if any occurrence has it, as in p0f.
-    if walk.ts1_zero:
-        quirks |= sig.TS1_ZERO
-    if walk.ts2_nonzero and plain_syn:
-        quirks |= sig.TS2_NZ
-    if walk.eol_nonzero:
-        quirks |= sig.OPT_EOL_NZ
-    if walk.exws:
-        quirks |= sig.EXWS
-    if walk.bad:
-        quirks |= sig.BAD
+    quirks |= _option_quirks(walk, plain_syn)
 
     # p0f reads the 32-bit ack field without byte-swapping it and tests bit 0,
     # so on the little-endian machines it runs on, ack+ is bit 24 of the ack
@@ -212,16 +219,7 @@ def _parse_slow(data: bytes) -> tuple[Fingerprint, int]:
         eol_pad = walk.eol_pad
     else:
         pw = p0f_walk(area)
-        if pw.ts1_zero:
-            p0f_quirks |= sig.TS1_ZERO
-        if pw.ts2_nonzero and plain_syn:
-            p0f_quirks |= sig.TS2_NZ
-        if pw.eol_nonzero:
-            p0f_quirks |= sig.OPT_EOL_NZ
-        if pw.exws:
-            p0f_quirks |= sig.EXWS
-        if pw.bad:
-            p0f_quirks |= sig.BAD
+        p0f_quirks |= _option_quirks(pw, plain_syn)
         p0f_layout, p0f_mss, p0f_scale, p0f_ts, eol_pad = (
             pw.layout, pw.mss, pw.window_scale, pw.ts_val, pw.eol_pad,
         )

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from conftest import need, need_tool
+from servehelp import pid_alive
 
 MODULES = Path("/usr/lib/apache2/modules")
 
@@ -34,12 +35,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 class Apache:

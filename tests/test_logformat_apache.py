@@ -36,6 +36,7 @@ from tcpfp_cli.fields import Observation
 from tcpfp_cli.logformat import AccessRecord, compile_format
 
 from conftest import need, need_tool
+from servehelp import pid_alive
 
 LOG_FORMAT = '%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-Agent}i" "%{X-Test}i"'
 
@@ -104,12 +105,6 @@ def wait_for_port(port: int, proc_ok, timeout: float = 5.0) -> None:
     raise RuntimeError(f"apache2 did not listen on port {port}")
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")
