@@ -7,6 +7,16 @@ where Debian's p0f package installed it, or ``--p0f-db PATH``; off with
 ``--no-p0f-db``).  Matching is p0f's (``sigdb``).  A label says
 ``class:name:flavor``; how it was found says ``exact``, ``fuzzy`` or
 ``generic``.
+
+Policy on top of p0f's matching (docs/signatures.md, "Labelling policy"):
+a fuzzy match is dropped (no label, ``-``) when the SYN arrived with a TTL
+above the signature's initial TTL.  TTLs only fall on the way, so such a
+sender started higher than the system the signature describes: p0f's
+fuzzy rule would otherwise call a TTL-255 embedded stack with Windows'
+option order "Windows", or a TTL-240 scanner's MSS-only SYN "Linux".
+Fuzzy matches with a lower TTL (NAT and TTL-resetting middleboxes in front
+of a Windows host) and fuzzy matches on quirks alone are kept.  Random-TTL
+signatures (``ttl-``) are p0f's own exception and are kept too.
 """
 
 from __future__ import annotations
@@ -50,4 +60,14 @@ class Labeler:
         return cls(load_databases(database_paths(signatures, p0f_db, use_p0f)))
 
     def label(self, fingerprint: Fingerprint) -> Match | None:
-        return match(fingerprint, self.databases)
+        found = match(fingerprint, self.databases)
+        if found is not None and not plausible(found, fingerprint):
+            return None
+        return found
+
+
+def plausible(found: Match, fingerprint: Fingerprint) -> bool:
+    """False for a fuzzy match whose system could not have sent a TTL this high."""
+    if found.kind != "fuzzy" or found.signature.random_ttl:
+        return True
+    return fingerprint.ttl <= found.signature.ttl
