@@ -147,10 +147,15 @@ def serve(
     signatures: SignaturesOption = None,
     p0f_db: P0fDbOption = None,
     no_p0f_db: NoP0fDbOption = False,
+    deny: Annotated[Optional[Path], typer.Option(
+        "--deny", metavar="RULES", help="Refuse clients that match these rules (docs/blocking.md).")] = None,
+    deny_dry_run: Annotated[bool, typer.Option(
+        "--deny-dry-run", help="Log the --deny rule each client matches, but block nothing.")] = False,
 ) -> None:
     """Listen for HTTP, fingerprint every client's SYN, and write an Apache-style access log."""
     from .httpwire import Limits
     from .logformat import compile_format
+    from .rules import load_rules
     from .server import ServerConfig, parse_listen
     from .server import serve as run_server
 
@@ -165,7 +170,10 @@ def serve(
             keepalive_timeout=keepalive_timeout, max_connections=max_connections,
             cgi_timeout=cgi_timeout, user=user, workers=workers,
             labeler=_labeler(signatures, p0f_db, no_p0f_db),
+            deny=load_rules(deny) if deny is not None else None, deny_dry_run=deny_dry_run,
         )
+        if deny_dry_run and deny is None:
+            raise TcpfpError("--deny-dry-run needs --deny RULES")
         run_server(config, loop)
     except TcpfpError as error:
         raise fail(str(error)) from None

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from operator import attrgetter, itemgetter
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import UnknownField
 from .sigdb import Match
 from .syn import Fingerprint
 from .tcpinfo import TcpInfo
+
+if TYPE_CHECKING:
+    from .rules import Rule
 
 Value = int | str | None
 
@@ -35,6 +38,7 @@ class Observation(NamedTuple):
     tcp_info_now: TcpInfo | None = None  # read again when a request arrives
     accept_time_us: int | None = None
     os: Match | None = None  # the signature-database label of the SYN
+    deny: Rule | None = None  # the --deny rule that matched (FINGERPRINT_DENY)
 
 
 class Field(NamedTuple):
@@ -109,6 +113,9 @@ FIELDS: tuple[Field, ...] = (
           "tcp_info_now", "int", _info("tcp_info_now", "rcv_mss")),
     Field("FINGERPRINT_REQ_TOTAL_RETRANS", "tcpi_total_retrans when the request arrived",
           "tcp_info_now", "int", _info("tcp_info_now", "total_retrans")),
+    # --- what serve did about it -----------------------------------------------
+    Field("FINGERPRINT_DENY", "the --deny rule that matched, as LINE:ACTION (e.g. 3:close), or -",
+          "deny", "text", lambda obs: None if obs.deny is None else obs.deny.tag),
     # --- whole structures, hex ------------------------------------------------
     Field("FINGERPRINT_SAVED_SYN", "the saved SYN, lowercase hex, whole", "syn", "hex",
           lambda obs: None if obs.saved_syn is None else obs.saved_syn.hex(), scalar=False),
@@ -151,27 +158,48 @@ class Renderer:
     def __init__(self, fields: Iterable[Field]) -> None:
         self.fields = tuple(fields)
         index = {name: i for i, name in enumerate(Fingerprint._fields)}
+        first_shape = index["ip_version"]  # the fields from here on are the SYN's shape
         members = [index[f.member] for f in self.fields if f.member is not None]
         self._members = len(members)
-        # itemgetter of one index returns the value itself; of two or more, a tuple.
-        self._get = itemgetter(*members) if len(members) > 1 else (
-            (lambda fp, i=members[0]: (fp[i],)) if members else None)
         self._plan = tuple((f.member is not None, f.read) for f in self.fields)
         self._all_members = self._members == len(self.fields)
         self._missing = ["-"] * len(self.fields)
+        # Varying members are converted per SYN; shape members come ready-made
+        # from Fingerprint.shape_texts.  Both go into one tuple, put in order.
+        varying = [i for i in members if i < first_shape]
+        shaped = [i - first_shape for i in members if i >= first_shape]
+        self._varying = _getter(varying)
+        self._shaped = _getter(shaped)
+        slot = {("v", i): n for n, i in enumerate(varying)}
+        slot |= {("s", i): len(varying) + n for n, i in enumerate(shaped)}
+        self._order = _getter([slot[("v", i)] if i < first_shape else slot[("s", i - first_shape)]
+                               for i in members])
+        self._get = _getter(members)
 
     def texts(self, obs: Observation) -> list[str]:
         fp = obs.fingerprint
         if self._all_members:
             if fp is None:
                 return self._missing.copy()
-            values = self._get(fp)
+            values = self._varying(fp)
             if None in values:
-                return ["-" if v is None else str(v) for v in values]
-            return list(map(str, values))
-        values = iter(self._get(fp) if fp is not None and self._get else (None,) * self._members)
+                varying = tuple(["-" if v is None else str(v) for v in values])
+            else:
+                varying = tuple(map(str, values))
+            return list(self._order(varying + self._shaped(fp.shape_texts)))
+        values = iter(self._get(fp) if fp is not None and self._members else (None,) * self._members)
         return ["-" if (v := next(values) if member else read(obs)) is None else str(v)
                 for member, read in self._plan]
+
+
+def _getter(indices: list[int]) -> Callable[[tuple], tuple]:
+    """``itemgetter`` that always returns a tuple, even of zero or one item."""
+    if len(indices) > 1:
+        return itemgetter(*indices)
+    if len(indices) == 1:
+        only = indices[0]
+        return lambda t: (t[only],)
+    return lambda t: ()
 
 
 def environment(

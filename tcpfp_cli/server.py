@@ -26,6 +26,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from .fields import SCALAR_FIELDS, Observation, environment, render
 from .httpwire import BadRequest, Limits, RequestHead, parse_head, scan, skip_blank_lines
 from .logformat import AccessRecord, LogFormat
 from .oslabel import Labeler
+from .rules import RuleSet
 from .syn import parse_syn
 from .tcpinfo import parse_tcp_info
 
@@ -49,6 +51,9 @@ REASONS = {
     411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
     500: "Internal Server Error", 505: "HTTP Version Not Supported",
 }
+#: The status logged for a connection a ``close`` rule dropped unanswered (nginx's 444).
+DROPPED = 444
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 
 class StartupError(TcpfpError):
@@ -79,6 +84,8 @@ class ServerConfig:
     backlog: int = 4096
     workers: int = 1  # processes sharing the port (SO_REUSEPORT)
     labeler: Labeler | None = None  # FINGERPRINT_OS from signature databases
+    deny: RuleSet | None = None  # --deny rules (docs/blocking.md)
+    deny_dry_run: bool = False  # log what the rules match, block nothing
 
 
 # --------------------------------------------------------------------------- sockets
@@ -297,6 +304,12 @@ class Connection(asyncio.Protocol):
         here = transport.get_extra_info("sockname") or ("-", 0)
         self.remote = (_client_address(peer[0]), peer[1])
         self.local = (_client_address(here[0]), here[1])
+        deny = server.config.deny
+        if deny is not None and (rule := deny.at_accept(self.obs)) is not None:
+            self.obs = self.obs._replace(deny=rule)
+            if rule.action == "close" and not server.config.deny_dry_run:
+                self._drop()
+                return
         server.connections.add(self)
         if len(server.connections) > server.config.max_connections:
             server.refused += 1
@@ -304,6 +317,18 @@ class Connection(asyncio.Protocol):
             return
         self.started = time.time()
         self._arm(server.config.request_timeout)
+
+    def _drop(self) -> None:
+        """A ``close`` rule matched: reset the connection without reading it, and log that."""
+        self.closing = True
+        self.started = time.time()
+        try:
+            self.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+        except (OSError, AttributeError):
+            pass  # then close() sends FIN, or RST if the request already arrived
+        self.transport.abort()
+        self._log(b"-", None, DROPPED, 0, self.obs)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -423,6 +448,13 @@ class Connection(asyncio.Protocol):
     def _respond(self, head: RequestHead) -> None:
         server = self.server
         obs = self._observation()  # one TCP_INFO reading per request, for body, CGI and log
+        deny = server.config.deny
+        if deny is not None:
+            if deny.request_time and (obs.deny is None or obs.deny.action == "403"):
+                obs = obs._replace(deny=deny.at_request(obs))
+            if obs.deny is not None and obs.deny.action == "403" and not server.config.deny_dry_run:
+                self._finish(head, 403, b"403 Forbidden\n", "text/plain", False, obs)
+                return
         if server.cgi_dir is not None and head.path.startswith(b"/cgi-bin/"):
             self.busy = True
             if self.timer is not None:
@@ -578,7 +610,8 @@ class Server:
         self.body = config.body
         self.body_type = "text/html; charset=utf-8"
         self.wants_now = config.env_vars or any(
-            c.startswith("FINGERPRINT_REQ_") for c in config.log_format.columns)
+            c.startswith("FINGERPRINT_REQ_") for c in config.log_format.columns) or (
+            config.deny is not None and config.deny.request_time)
         self._stopped: asyncio.Event | None = None
         self.log = AccessLog(config.log_path, shared=config.workers > 1)
         if config.user:

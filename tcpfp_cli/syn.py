@@ -76,6 +76,9 @@ class Fingerprint(NamedTuple):
     has_payload: bool  # the IP length says the SYN carried data
     quirks: tuple[str, ...]
     quirks_text: str
+    #: The log text of each shape field above (``-`` for None), shared by every
+    #: SYN of this shape: rendering a shape field is then a lookup.
+    shape_texts: tuple[str, ...]
 
 
 _ITTL = tuple(sig.initial_ttl(t) for t in range(256))
@@ -229,10 +232,14 @@ def _parse_slow(data: bytes) -> tuple[Fingerprint, int]:
     )
     names = sig.quirk_names(quirks)
     ittl = _ITTL[ttl]
-    fingerprint = Fingerprint(
-        data, ttl, ip_id, flow_label, walk.ts_val, walk.ts_ecr, ittl, ittl - ttl, p0f,
+    shape = (
         version, df, ip_ecn, ip_olen, window, walk.window_scale, walk.mss, walk.kinds,
         _kinds_text(walk.kinds), flags, flags >> 6 & 3, has_payload, names, _quirks_text(names),
+    )
+    shape_texts = tuple("-" if v is None else str(v) for v in shape)
+    fingerprint = Fingerprint(
+        data, ttl, ip_id, flow_label, walk.ts_val, walk.ts_ecr, ittl, ittl - ttl, p0f,
+        *shape, shape_texts,
     )
     ts_at = -1 if walk.ts_at < 0 else at + 20 + walk.ts_at
     return fingerprint, ts_at

@@ -133,13 +133,13 @@ WRITE_CASES = [
         f'{CLF} "GET /a?b=1 HTTP/1.1" 200 512 "http://example.com/x" "curl/8.5.0"'
         ' 64 1 0 65495 7 65495 "2,4,8,1,3" 0 4 1234 0 100 0 64 0 "df,id+"'
         ' "4:64+0:0:65495:mss*1,7:mss,sok,ts,nop,ws:df,id+:0" "-" "-"'
-        " 201700 1700000000123456 180000 150000 1448 2",
+        ' 201700 1700000000123456 180000 150000 1448 2 "-"',
     ),
     (
         "tcpfp",
         {"observation": NO_SYN, "request_headers": {}},
         f'{CLF} "GET /a?b=1 HTTP/1.1" 200 512 "-" "-"'
-        ' - - - - - - "-" - - - - - - - - "-" "-" "-" "-" - - - - - -',
+        ' - - - - - - "-" - - - - - - - - "-" "-" "-" "-" - - - - - - "-"',
     ),
 ]
 
@@ -210,7 +210,7 @@ def test_columns_of_named_formats() -> None:
         "FINGERPRINT_QUIRKS", "FINGERPRINT_P0F", "FINGERPRINT_OS", "FINGERPRINT_OS_MATCH",
         "FINGERPRINT_TCP_RTT", "FINGERPRINT_ACCEPT_TIME",
         "FINGERPRINT_REQ_RTT", "FINGERPRINT_REQ_MIN_RTT", "FINGERPRINT_REQ_RCV_MSS",
-        "FINGERPRINT_REQ_TOTAL_RETRANS",
+        "FINGERPRINT_REQ_TOTAL_RETRANS", "FINGERPRINT_DENY",
     )
 
 
