@@ -46,6 +46,7 @@ from .syn import parse_syn
 from .tcpinfo import parse_tcp_info
 
 SERVER_NAME = "tcpfp"
+_NO_HEADERS: dict = {}  # shared, never written to
 REASONS = {
     200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
     411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
@@ -333,7 +334,9 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        if not self.buffer and self.head is None:
+        if self.requests and not self.buffer and self.head is None:
+            # The next request on a kept-alive connection starts; the first one's
+            # clock and timer were set at accept.
             self.started = time.time()
             self._arm(self.server.config.request_timeout)
         self.buffer += data
@@ -488,7 +491,12 @@ class Connection(asyncio.Protocol):
         send_body = head.method != b"HEAD"
         self.transport.write(response_head(status, ctype, len(body), keep_alive, extra)
                              + (body if send_body else b""))
-        self._log(head.request_line, head, status, len(body) if send_body else 0, obs)
+        sent_headers = _NO_HEADERS
+        if self.server.logs_response_headers:  # %{Header}o: what we answered
+            sent_headers = {"content-type": ctype, "content-length": str(len(body)),
+                            "connection": "keep-alive" if keep_alive else "close",
+                            "server": SERVER_NAME} | {k.lower(): v for k, v in extra}
+        self._log(head.request_line, head, status, len(body) if send_body else 0, obs, sent_headers)
         self.requests += 1
         if keep_alive:
             self._arm(self.server.config.keepalive_timeout)
@@ -497,25 +505,30 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     def _log(self, request_line: bytes, head: RequestHead | None, status: int, sent: int,
-             obs: Observation | None = None) -> None:
+             obs: Observation | None = None, sent_headers: dict = _NO_HEADERS) -> None:
         now = time.time()
-        record = AccessRecord(
-            remote_addr=self.remote[0], remote_port=self.remote[1],
-            local_addr=self.local[0], local_port=self.local[1],
-            start_time=self.started or now,
-            request_line=request_line,
-            method=head.method if head else None,
-            path=head.path if head else None,
-            query=head.query if head else None,
-            protocol=head.version if head else None,
-            status=status, bytes_sent=sent,
-            duration_us=int((now - (self.started or now)) * 1e6),
-            keepalive=self.requests,
-            request_headers=head.headers if head else {},
-            response_headers={},
-            env={},
-            observation=obs if obs is not None else self._observation(),
-        )
+        if obs is None:
+            obs = self._observation()
+        env = _NO_HEADERS
+        if self.server.logs_env:  # %{VAR}e: the FINGERPRINT_* variables a CGI script would see
+            config = self.server.config
+            env = environment(obs, scalars=config.env_vars, tcp_info=config.env_tcp_info,
+                              saved_syn=config.env_saved_syn)
+        started = self.started or now
+        remote, local = self.remote, self.local
+        # Positional, in AccessRecord's field order: the hot path of every request.
+        if head is not None:
+            record = AccessRecord(
+                remote[0], remote[1], local[0], local[1], started, request_line,
+                head.method, head.path, head.query, head.version, status, sent,
+                int((now - started) * 1e6), self.requests, head.headers, sent_headers, env, obs,
+            )
+        else:
+            record = AccessRecord(
+                remote[0], remote[1], local[0], local[1], started, request_line,
+                None, None, None, None, status, sent,
+                int((now - started) * 1e6), self.requests, _NO_HEADERS, sent_headers, env, obs,
+            )
         self.server.log.write(self.server.config.log_format.write(record))
 
     # -- CGI -----------------------------------------------------------------
@@ -612,6 +625,9 @@ class Server:
         self.wants_now = config.env_vars or any(
             c.startswith("FINGERPRINT_REQ_") for c in config.log_format.columns) or (
             config.deny is not None and config.deny.request_time)
+        letters = {d.letter for d in config.log_format.directives}
+        self.logs_response_headers = "o" in letters
+        self.logs_env = "e" in letters
         self._stopped: asyncio.Event | None = None
         self.log = AccessLog(config.log_path, shared=config.workers > 1)
         if config.user:

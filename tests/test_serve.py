@@ -300,3 +300,17 @@ def test_workers_share_the_port_and_the_log_without_losing_or_mixing_lines(tmp_p
     after = [fmt.parse(line)["request"] for line in server.log.read_text().splitlines()]
     assert sorted(before + after) == sorted(f"GET /w{i} HTTP/1.0" for i in range(200))
     assert len(after) == 50
+
+
+def test_response_headers_and_environment_variables_in_the_log(tmp_path):
+    """%{Header}o logs what the server answered; %{VAR}e logs the FINGERPRINT_* variables
+    a CGI script would see (with --env-vars), like the module's TCPFingerprintEnvVars."""
+    fmt = '"%r" %{Content-Type}o %{Connection}o %{FINGERPRINT_IP_TTL}e %{FINGERPRINT_IP_TTL}g'
+    with Served(tmp_path, "--env-vars", log_format=fmt) as server:
+        exchange("127.0.0.1", server.port, b"GET / HTTP/1.0\r\nAccept: application/json\r\n\r\n")
+        (line,) = server.lines(1)
+    assert line.endswith(" application/json close 64 64")
+    with Served(tmp_path, log_format=fmt) as server:  # without --env-vars, no such variable
+        exchange("127.0.0.1", server.port, GET)
+        (line,) = server.lines(1)
+    assert line.endswith(" text/plain; charset=utf-8 close - 64")
