@@ -179,17 +179,21 @@ class Renderer:
     def texts(self, obs: Observation) -> list[str]:
         fp = obs.fingerprint
         if self._all_members:
-            if fp is None:
-                return self._missing.copy()
-            values = self._varying(fp)
-            if None in values:
-                varying = tuple(["-" if v is None else str(v) for v in values])
-            else:
-                varying = tuple(map(str, values))
-            return list(self._order(varying + self._shaped(fp.shape_texts)))
+            return self._missing.copy() if fp is None else self.fingerprint_texts(fp)
         values = iter(self._get(fp) if fp is not None and self._members else (None,) * self._members)
         return ["-" if (v := next(values) if member else read(obs)) is None else str(v)
                 for member, read in self._plan]
+
+
+    def fingerprint_texts(self, fp: Fingerprint) -> list[str]:
+        """The texts of a renderer whose fields all show Fingerprint members, from the
+        Fingerprint alone (what ``decode --fields`` and the benchmark need)."""
+        values = self._varying(fp)
+        if None in values:
+            varying = tuple(["-" if v is None else str(v) for v in values])
+        else:
+            varying = tuple(map(str, values))
+        return list(self._order(varying + self._shaped(fp.shape_texts)))
 
 
 def _getter(indices: list[int]) -> Callable[[tuple], tuple]:

@@ -258,7 +258,7 @@ def _parse_slow(data: bytes) -> tuple[Fingerprint, int]:
 # one the full parse found, so a cached shape always equals a full parse;
 # tests/test_syn_cache.py checks that against ``parse_syn_uncached``.
 
-_shapes: dict[bytes, tuple[tuple, int, str]] = {}
+_shapes: dict[object, tuple[tuple, int, str]] = {}
 _SHAPES_LIMIT = 1 << 16
 _kinds_cache: dict[tuple[int, ...], str] = {}
 _quirks_cache: dict[tuple[str, ...], str] = {}
@@ -282,74 +282,79 @@ def _quirks_text(names: tuple[str, ...]) -> str:
     return text
 
 
-def _shape_key(data: bytes) -> tuple[bytes, int] | None:
-    """The cache key of a common-form SYN and where its timestamp option starts, or None."""
-    first = data[0]
+#: IPv4 (no options) + TCP fixed headers: ver/ihl, TOS, total length, ID,
+#: flags/fragment, TTL, protocol, [checksum, addresses, ports], seq, ack,
+#: offset/flags, window, [checksum], urgent pointer.
+_COMMON_V4 = struct.Struct("!BBHHHBB10x4xIIHH2xH")
+_TS_VALUES = struct.Struct("!II")
+
+
+def _shape_key(data: bytes) -> tuple[object, int, int, int | None, int | None, int | None] | None:
+    """(key, timestamp offset, TTL, IP ID or flow label, TSval, TSecr) of a common-form SYN.
+
+    The key holds every header value that decides the fingerprint: all but
+    TTL, IP ID (flow label), ports, addresses, sequence number, checksums and
+    timestamp values, and whether those IDs, seq, TSval and TSecr are zero.
+    None when the SYN is not of a common form (the full parse handles it).
+    """
     n = len(data)
-    if first == 0x45:
-        if n < 40 or data[9] != PROTO_TCP:
+    if data[0] == 0x45:
+        if n < 40:
             return None
-        end = 20 + (data[32] >> 4) * 4
-        if end < 40 or n < end:
+        vihl, tos, total, ip_id, frag, ttl, proto, seq, ack, offset_flags, window, urgent = (
+            _COMMON_V4.unpack_from(data))
+        end = 20 + (offset_flags >> 12) * 4
+        if proto != PROTO_TCP or end < 40 or n < end:
             return None
         ts = data.find(_TS_KIND, 40, end)
-        flags = (not (data[4] or data[5])) | (data[24:28] == b"\0\0\0\0") << 1
         if ts < 0:
-            key = data[0:4] + data[6:8] + data[28:36] + data[38:end]
-        elif ts + 10 <= end:
-            flags |= (data[ts + 2 : ts + 6] == b"\0\0\0\0") << 2 | (data[ts + 6 : ts + 10] == b"\0\0\0\0") << 3
-            key = data[0:4] + data[6:8] + data[28:36] + data[38:ts] + data[ts + 10 : end]
-        else:
+            return ((tos, total, frag, ack, offset_flags, window, urgent, not ip_id, not seq,
+                     data[40:end]), ts, ttl, ip_id, None, None)
+        if ts + 10 > end:
             return None
-        return key + bytes((flags, ts - 40 if ts >= 0 else 255)), ts
-    if first >> 4 == 6:
+        ts_val, ts_ecr = _TS_VALUES.unpack_from(data, ts + 2)
+        return ((tos, total, frag, ack, offset_flags, window, urgent, not ip_id, not seq,
+                 data[40:ts], data[ts + 10 : end], ts, not ts_val, not ts_ecr),
+                ts, ttl, ip_id, ts_val, ts_ecr)
+    if data[0] >> 4 == 6:
         if n < 60 or data[6] != PROTO_TCP:
             return None
         end = 40 + (data[52] >> 4) * 4
         if end < 60 or n < end:
             return None
         ts = data.find(_TS_KIND, 60, end)
-        flags = (not (data[1] & 15 or data[2] or data[3])) | (data[44:48] == b"\0\0\0\0") << 1
-        head = bytes((first, data[1] & 0xF0)) + data[4:6]
+        flow = (data[1] & 15) << 16 | data[2] << 8 | data[3]
+        head = (data[0], data[1] & 0xF0, data[4:6], data[48:56], not flow, data[44:48] == b"\0\0\0\0")
         if ts < 0:
-            key = head + data[48:56] + data[58:end]
-        elif ts + 10 <= end:
-            flags |= (data[ts + 2 : ts + 6] == b"\0\0\0\0") << 2 | (data[ts + 6 : ts + 10] == b"\0\0\0\0") << 3
-            key = head + data[48:56] + data[58:ts] + data[ts + 10 : end]
-        else:
+            return (head + (data[58:end],), ts, data[7], flow, None, None)
+        if ts + 10 > end:
             return None
-        return key + bytes((flags, ts - 60 if ts >= 0 else 255)), ts
+        ts_val, ts_ecr = _TS_VALUES.unpack_from(data, ts + 2)
+        return (head + (data[58:ts], data[ts + 10 : end], ts, not ts_val, not ts_ecr),
+                ts, data[7], flow, ts_val, ts_ecr)
     return None
 
 
 def parse_syn(data: bytes | bytearray | memoryview) -> Fingerprint:
     """Read a SYN (IPv4 or IPv6 header, TCP header, options).  Raises ``MalformedSyn``."""
-    data = bytes(data)
+    if type(data) is not bytes:
+        data = bytes(data)
     if not data:
         raise Truncated("IP header", 0, 1, 0)
     found = _shape_key(data)
     if found is not None:
-        key, ts = found
+        key, ts, ttl, ident, ts_val, ts_ecr = found
         shape = _shapes.get(key)
         if shape is not None:
             rest, version, tail = shape
-            if version == 4:
-                ttl = data[8]
-                ip_id = data[4] << 8 | data[5]
-                flow = None
-            else:
-                ttl = data[7]
-                ip_id = None
-                flow = (data[1] & 15) << 16 | data[2] << 8 | data[3]
-            if ts >= 0:
-                ts_val = int.from_bytes(data[ts + 2 : ts + 6], "big")
-                ts_ecr = int.from_bytes(data[ts + 6 : ts + 10], "big")
-            else:
-                ts_val = ts_ecr = None
             ittl = _ITTL[ttl]
+            if version == 4:
+                return tuple.__new__(Fingerprint, (
+                    data, ttl, ident, None, ts_val, ts_ecr, ittl, ittl - ttl,
+                    _P0F_HEAD[4][ttl] + tail) + rest)
             return tuple.__new__(Fingerprint, (
-                data, ttl, ip_id, flow, ts_val, ts_ecr, ittl, ittl - ttl,
-                _P0F_HEAD[version][ttl] + tail) + rest)
+                data, ttl, None, ident, ts_val, ts_ecr, ittl, ittl - ttl,
+                _P0F_HEAD[6][ttl] + tail) + rest)
     fingerprint, ts_at = _parse_slow(data)
     if found is not None and ts_at == found[1]:
         if len(_shapes) >= _SHAPES_LIMIT:
