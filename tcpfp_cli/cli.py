@@ -221,6 +221,9 @@ def report(
     by: Annotated[Optional[str], typer.Option(
         "--by", metavar="FIELD,...", help="Cluster fingerprints by these fields instead of the default key.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Parser processes for large inputs.")] = 2,
+    signatures: SignaturesOption = None,
+    p0f_db: P0fDbOption = None,
+    no_p0f_db: NoP0fDbOption = False,
 ) -> None:
     """Cluster an access log's requests into device fingerprints and campaigns."""
     from . import report as reporting
@@ -233,7 +236,8 @@ def report(
     try:
         options = reporting.ReportOptions(
             campaigns=CampaignMatcher(load_campaigns([str(p) for p in campaigns or []])),
-            by=by.split(",") if by else None, top=top, min_count=min_count, workers=workers)
+            by=by.split(",") if by else None, top=top, min_count=min_count, workers=workers,
+            labeler=_labeler(signatures, p0f_db, no_p0f_db))
         result = reporting.build_report(logs or ["-"], log_format, options,
                                         note=lambda m: typer.echo(f"tcpfp: {m}", err=True), progress=progress)
         if csv_dir is not None:

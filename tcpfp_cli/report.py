@@ -11,9 +11,23 @@ Fingerprint clusters (devices) group requests by the SYN's stable traits:
 the initial-TTL bucket (``FINGERPRINT_ITTL`` if logged, else derived from
 ``FINGERPRINT_IP_TTL``; the TTL itself varies with distance and is not a
 key), window, window scale, option layout, MSS, and DF and ECN when logged.
-``--by`` chooses other columns.  Each cluster gets a label from
-``label_cluster`` (one function, to be swapped for a signature database), its
+``--by`` chooses other columns.  Each cluster gets a label, its
 window-to-MSS relation (``window_mss``) and an RTT-outlier flag.
+
+Labels come from the signature databases (``oslabel``) when the log allows,
+from the best evidence it holds (``label_source``): the logged
+``FINGERPRINT_OS`` (the cluster's most common label, with its
+``FINGERPRINT_OS_MATCH``); in a log without that field, the logged
+``FINGERPRINT_P0F`` raw signatures matched now (each distinct one once; the
+label most requests got wins); for clusters with neither, a partial match
+of the key's fields (``oslabel.label_partial``: option layout, TTL, window,
+scale, MSS, DF, ECN; the rest unknown); else the heuristics of
+``label_cluster``.  Labels are worked out per cluster at the end, never per
+row: the aggregator only counts (cluster, value) pairs of the logged label
+columns, so the cost per line is that of reading two more text columns.
+``family`` turns a database label into the report's device words
+(``Linux-like``, ``Windows-like``...); the database's own label is kept as
+``os``.
 
 Request clusters (campaigns) group requests by ``campaigns.normalise``'s
 pattern, or by the campaign name when a known campaign matches the request.
@@ -29,7 +43,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -39,6 +53,8 @@ from .errors import TcpfpError, UnknownField
 from .fields import lookup
 from .logformat import LogFormat, compile_format
 from .logreader import LogReader, MalformedLine, ReadStats, UnreadableInput, detect_format, open_input
+from .oslabel import Labeler, PartialSyn
+from .sigdb import Match
 from .signature import INITIAL_TTLS
 
 __all__ = [
@@ -48,6 +64,7 @@ __all__ = [
     "ReportError",
     "ReportOptions",
     "build_report",
+    "family",
     "label_cluster",
     "window_mss",
 ]
@@ -62,6 +79,11 @@ COMMON_MSS = (1460, 1452, 1440, 1400, 1380, 1360)
 RTT_OUTLIER_US = 1_000_000  # a median handshake RTT above 1 s
 RTT_OUTLIER_FACTOR = 10  # or above 10 times the log's median
 CLIENT_COLUMNS = ("remote_addr", "remote_host")
+OS, OS_MATCH, P0F = "FINGERPRINT_OS", "FINGERPRINT_OS_MATCH", "FINGERPRINT_P0F"
+DF, IP_ECN, TCP_ECN = "FINGERPRINT_IP_DF", "FINGERPRINT_IP_ECN", "FINGERPRINT_TCP_ECN"
+#: label_source values, best evidence first.
+SOURCE_LOGGED, SOURCE_DATABASE, SOURCE_PARTIAL, SOURCE_HEURISTIC = (
+    "FINGERPRINT_OS", "database", "database-partial", "heuristic")
 _NA_INT = np.iinfo(np.int64).min
 
 
@@ -110,6 +132,29 @@ def label_cluster(key: Mapping[str, Any]) -> str:
     return "-"
 
 
+_FAMILIES = {"linux": "Linux-like", "windows": "Windows-like", "macos": "Apple-like", "mac os x": "Apple-like",
+             "ios": "Apple-like"}
+
+
+def family(label: str) -> str:
+    """A database label (``class:name:flavor``) in the report's device words.
+
+    Linux, Windows, macOS/iOS are named as the heuristics name them, a Linux
+    flavor that says ``embedded`` is ``embedded/low-memory Linux``; any other
+    system is its ``name flavor``, as p0f prints it.
+    """
+    parts = label.split(":", 2)
+    if len(parts) != 3:
+        return label
+    _, name, flavor = parts
+    word = _FAMILIES.get(name.lower())
+    if word is None:
+        return f"{name} {flavor}" if flavor else name
+    if word == "Linux-like" and "embedded" in flavor.lower():
+        return "embedded/low-memory Linux"
+    return word
+
+
 def window_mss(window: int | None, mss: int | None) -> str:
     """The window as a multiple of the MSS (``4xMSS``), else of a common MSS (``20x1440``), else ``none``.
 
@@ -146,6 +191,7 @@ class ReportOptions:
     top_patterns: int = 3
     workers: int = 1
     chunk_bytes: int | None = None
+    labeler: Labeler | None = None  # the signature databases; None: the default ones (oslabel)
 
 
 @dataclass(frozen=True)
@@ -155,6 +201,9 @@ class _Plan:
     derive_ittl: bool  # FINGERPRINT_ITTL from FINGERPRINT_IP_TTL
     client: str | None
     texts: frozenset[str]
+    os: bool  # FINGERPRINT_OS is logged (and FINGERPRINT_OS_MATCH: os_match)
+    os_match: bool
+    p0f: bool  # FINGERPRINT_P0F and FINGERPRINT_TCP_WSIZE are logged, FINGERPRINT_OS is not
 
 
 def _plan(fmt: LogFormat, by: Sequence[str] | None) -> _Plan:
@@ -180,12 +229,16 @@ def _plan(fmt: LogFormat, by: Sequence[str] | None) -> _Plan:
     else:
         key = [k for k in DEFAULT_KEY if k in columns or (k == ITTL and derive)]
     client = next((c for c in CLIENT_COLUMNS if c in columns), None)
-    wanted = [*key, "request", client, TTL, HOPS, RTT]
+    # Every text column read costs time per line: P0F only when the log holds no label.
+    has_os = OS in columns
+    has_p0f = not has_os and P0F in columns and WSIZE in columns
+    labels = [OS, OS_MATCH if has_os else None] + ([P0F, WSIZE] if has_p0f else [])
+    wanted = [*key, "request", client, TTL, HOPS, RTT, *labels]
     read = tuple(dict.fromkeys(c for c in wanted if c and c in columns and not (c == ITTL and derive)))
     if derive and ITTL in key and TTL not in read:
         read = (*read, TTL)
     texts = frozenset(c for c in key if c in columns and c not in ints)
-    return _Plan(tuple(key), read, derive, client, texts)
+    return _Plan(tuple(key), read, derive, client, texts, has_os, has_os and OS_MATCH in columns, has_p0f)
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -228,6 +281,10 @@ class _Aggregator:
         self.client_pairs: list[np.ndarray] = []
         self.ttl: dict[int, list[int]] = {}  # cluster -> [ttl_min, ttl_max, hops_min, hops_max]
         self.rtts: defaultdict[int, list[np.ndarray]] = defaultdict(list)
+        self.label_texts = _Ids()  # FINGERPRINT_OS, _OS_MATCH and _P0F values
+        # cluster -> Counter of (OS id, OS_MATCH id or -1) / (P0F id, window); only logged values.
+        self.os_votes: defaultdict[int, Counter[tuple[int, int]]] = defaultdict(Counter)
+        self.p0f_votes: defaultdict[int, Counter[tuple[int, int]]] = defaultdict(Counter)
 
     def _request_ids(self, column: pd.Series | None, n: int) -> tuple[np.ndarray, np.ndarray]:
         if column is None:
@@ -310,6 +367,7 @@ class _Aggregator:
             if len(self.client_pairs) > 64:
                 self.client_pairs = [np.unique(np.concatenate(self.client_pairs))]
         self._ttl_hops(frame, cluster)
+        self._label_votes(frame, cluster)
         if RTT in frame:
             rtt = frame[RTT].to_numpy(dtype=np.int64, na_value=_NA_INT)
             has = rtt != _NA_INT
@@ -320,6 +378,22 @@ class _Aggregator:
             for piece_c, piece in zip(np.split(sorted_c, cuts), np.split(values, cuts)):
                 if len(piece):
                     self.rtts[int(piece_c[0])].append(piece)
+
+    def _label_votes(self, frame: pd.DataFrame, cluster: np.ndarray) -> None:
+        """Count (cluster, FINGERPRINT_OS, _OS_MATCH), or (cluster, FINGERPRINT_P0F, window)."""
+        plan = self.plan
+        if plan.os:
+            os_ids = self.label_texts.codes(frame[OS])
+            has = os_ids >= 0
+            if has.any():
+                match_ids = self.label_texts.codes(frame[OS_MATCH]) if plan.os_match else np.full(len(frame), -1)
+                _tally(self.os_votes, cluster[has], os_ids[has], match_ids[has])
+        if plan.p0f:
+            p0f_ids = self.label_texts.codes(frame[P0F])
+            window = frame[WSIZE].to_numpy(dtype=np.int64, na_value=_NA_INT)
+            has = (p0f_ids >= 0) & (window != _NA_INT)
+            if has.any():
+                _tally(self.p0f_votes, cluster[has], p0f_ids[has], window[has])
 
     def _ttl_hops(self, frame: pd.DataFrame, cluster: np.ndarray) -> None:
         if TTL not in frame:
@@ -340,6 +414,96 @@ class _Aggregator:
             if old is not None:
                 new = [min(old[0], new[0]), max(old[1], new[1]), min(old[2], new[2]), max(old[3], new[3])]
             self.ttl[int(c)] = new
+
+
+def _tally(votes: defaultdict[int, Counter[tuple[int, int]]], cluster: np.ndarray, a: np.ndarray,
+           b: np.ndarray) -> None:
+    """votes[cluster][(a, b)] += rows, for rows given as three integer arrays (b >= -1)."""
+    if len(cluster) and cluster.max() < 1 << 20 and a.max() < 1 << 21 and -1 <= b.min() and b.max() < (1 << 21) - 1:
+        counts = pd.Series((cluster << 42) | (a << 21) | (b + 1)).value_counts(sort=False)
+        for k, n in zip(counts.index.tolist(), counts.to_numpy().tolist()):
+            votes[k >> 42][((k >> 21) & 0x1FFFFF, (k & 0x1FFFFF) - 1)] += n
+        return
+    counts = pd.DataFrame({"c": cluster, "a": a, "b": b}).value_counts(sort=False)
+    for (c, x, y), n in zip(counts.index.tolist(), counts.to_numpy().tolist()):
+        votes[c][(x, y)] += n
+
+
+# --------------------------------------------------------------------------- labels
+
+
+class _ClusterLabel(NamedTuple):
+    label: str
+    source: str  # SOURCE_*
+    match: str | None  # exact, generic, fuzzy, partial; None for the heuristics
+    os: str | None  # the database label, class:name:flavor
+
+
+def _most(votes: Counter[tuple[str, str | None]]) -> tuple[str, str | None] | None:
+    """The label most requests got and, among its requests, the most common match kind."""
+    totals: Counter[str] = Counter()
+    for (label, _), n in votes.items():
+        totals[label] += n
+    if not totals:
+        return None
+    label = min(totals, key=lambda k: (-totals[k], k))
+    kinds = {kind: n for (lab, kind), n in votes.items() if lab == label}
+    kind = min(kinds, key=lambda k: (-kinds[k], k or ""))
+    return label, kind
+
+
+def _from_match(found: Match, source: str, kind: str) -> _ClusterLabel:
+    return _ClusterLabel(family(found.label), source, kind, found.label)
+
+
+def _label(agg: _Aggregator, c: int, key: Mapping[str, Any], labeler: Labeler) -> _ClusterLabel:
+    texts = agg.label_texts.values
+    logged = Counter({(str(texts[o]), None if m < 0 else str(texts[m])): n
+                      for (o, m), n in agg.os_votes.get(c, Counter()).items()})
+    best = _most(logged)
+    if best is not None:
+        return _ClusterLabel(family(best[0]), SOURCE_LOGGED, best[1], best[0])
+    raw = agg.p0f_votes.get(c)
+    if raw:
+        matched: Counter[tuple[str, str | None]] = Counter()
+        by_label: dict[str, Match] = {}
+        for (p, window), n in raw.items():
+            found = labeler.label_raw(str(texts[p]), window)
+            if found is not None:
+                matched[(found.label, found.kind)] += n
+                by_label.setdefault(found.label, found)
+        best = _most(matched)
+        if best is not None:
+            return _from_match(by_label[best[0]], SOURCE_DATABASE, best[1] or "")
+    else:
+        syn = _partial_syn(key, agg.ttl.get(c))
+        found = labeler.label_partial(syn) if syn is not None else None
+        if found is not None:
+            return _from_match(found, SOURCE_PARTIAL, "partial")
+    return _ClusterLabel(label_cluster(key), SOURCE_HEURISTIC, None, None)
+
+
+def _partial_syn(key: Mapping[str, Any], ttl: list[int] | None) -> PartialSyn | None:
+    """What the cluster's key (and its highest TTL) says about its SYNs."""
+    options = key.get(OPTIONS)
+    if not isinstance(options, str):
+        return None
+
+    def number(name: str) -> int | None:
+        value = key.get(name)
+        return value if isinstance(value, int) else None
+
+    ecn_values = [number(n) for n in (IP_ECN, TCP_ECN) if n in key]
+    if any(v for v in ecn_values):
+        ecn: bool | None = True
+    elif len(ecn_values) == 2 and all(v == 0 for v in ecn_values):
+        ecn = False
+    else:
+        ecn = None
+    df = number(DF)
+    return PartialSyn.from_text(
+        options, ttl=ttl[1] if ttl else number(ITTL), window=number(WSIZE), scale=number(WSCALE),
+        mss=number(MSS), df=None if df is None else bool(df), ecn=ecn)
 
 
 # --------------------------------------------------------------------------- the report
@@ -379,12 +543,18 @@ class Report:
             out.append("malformed: " + "; ".join(f"{m.source}:{m.line}: {m.reason}" for m in self.malformed[:5]))
         fp = self.fingerprints.head(top) if top else self.fingerprints
         if len(fp):
-            shown = fp.drop(columns=["top_patterns"]).copy()
+            shown = fp.drop(columns=["top_patterns", "label_source", "label_match", "os"]).copy()
+            shown["label"] = [_label_cell(r) for r in fp.to_dict("records")]
+            shown.insert(shown.columns.get_loc("label") + 1, "from",
+                         [_source_tag(s, m) for s, m in zip(fp["label_source"], fp["label_match"])])
             shown["top patterns"] = [
                 "\n".join(f"{p['requests']} {p['campaign']}" for p in tops) for tops in fp["top_patterns"]]
             shown.columns = [c.removeprefix("FINGERPRINT_") for c in shown.columns]
             out += ["", "Fingerprint clusters", tabulate(shown, headers="keys", showindex=False,
                                                          missingval="-", disable_numparse=True)]
+            if (fp["label_source"] == SOURCE_PARTIAL).any():
+                out.append("db~: matched on the logged fields only (option layout, TTL, window, scale, MSS, "
+                           "DF/ECN if logged); quirks, IP options and payload were not logged")
         cp = self.campaigns.head(top) if top else self.campaigns
         if len(cp):
             shown = cp.copy()
@@ -422,6 +592,33 @@ class Report:
         return written
 
 
+def _label_cell(row: Mapping[str, Any]) -> str:
+    """The label, and under it the database's ``name flavor`` when it says more."""
+    os_label = row.get("os")
+    if not os_label:
+        return row["label"]
+    detail = _display(os_label)
+    return row["label"] if detail == row["label"] else f"{row['label']}\n{detail}"
+
+
+def _display(label: str) -> str:
+    parts = label.split(":", 2)
+    if len(parts) != 3:
+        return label
+    return f"{parts[1]} {parts[2]}" if parts[2] else parts[1]
+
+
+def _source_tag(source: str, match: str | None) -> str:
+    """``log:exact``, ``db:generic``, ``db~`` (partial), ``heuristic``."""
+    if source == SOURCE_LOGGED:
+        return f"log:{match}" if match else "log"
+    if source == SOURCE_DATABASE:
+        return f"db:{match}"
+    if source == SOURCE_PARTIAL:
+        return "db~"
+    return "heuristic"
+
+
 def _jsonable(record: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in record.items():
@@ -439,7 +636,7 @@ def _jsonable(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _finish(agg: _Aggregator, stats: ReadStats, fmt: LogFormat, name: str | None,
-            options: ReportOptions) -> Report:
+            options: ReportOptions, labeler: Labeler) -> Report:
     plan = agg.plan
     key_values: list[tuple] = [()] * len(agg.clusters)
     for key, idx in agg.clusters.items():
@@ -491,9 +688,10 @@ def _finish(agg: _Aggregator, stats: ReadStats, fmt: LogFormat, name: str | None
         p90 = int(round(float(np.percentile(rtt, 90)))) if rtt is not None else None
         ttl = agg.ttl.get(c)
         tops = sorted(per_cluster[c], key=lambda t: (-t[0], str(group_label[t[1]])))[: options.top_patterns]
+        label = _label(agg, c, key, labeler)
         row = {"id": cluster_id[c], **key, "requests": requests[c],
                "clients": clients.get(c, 0) if plan.client else None,
-               "label": label_cluster(key),
+               "label": label.label, "label_source": label.source, "label_match": label.match, "os": label.os,
                "ttl_min": ttl[0] if ttl else None, "ttl_max": ttl[1] if ttl else None,
                "hops_min": ttl[2] if ttl and ttl[2] >= 0 else None,
                "hops_max": ttl[3] if ttl and ttl[3] >= 0 else None,
@@ -504,7 +702,8 @@ def _finish(agg: _Aggregator, stats: ReadStats, fmt: LogFormat, name: str | None
                "top_patterns": [{"campaign": group_label[g], "pattern": group_pattern[g][1], "requests": n}
                                 for n, g in tops]}
         rows.append(row)
-    fingerprints = pd.DataFrame(rows, dtype=object, columns=["id", *plan.key, "requests", "clients", "label", "ttl_min",
+    fingerprints = pd.DataFrame(rows, dtype=object, columns=["id", *plan.key, "requests", "clients", "label",
+                                               "label_source", "label_match", "os", "ttl_min",
                                                "ttl_max", "hops_min", "hops_max", "rtt_median_us",
                                                "rtt_p90_us", "window_mss", "rtt_outlier", "top_patterns"])
 
@@ -561,6 +760,7 @@ def build_report(paths: Sequence[str], fmt: str | None = None, options: ReportOp
     Raises ``ReportError`` (or another ``TcpfpError``) when nothing can be read.
     """
     options = options or ReportOptions()
+    labeler = options.labeler if options.labeler is not None else Labeler.from_options()
     paths = list(paths) or ["-"]
     for path in paths:
         if path != "-" and not os.path.exists(path):
@@ -605,7 +805,7 @@ def build_report(paths: Sequence[str], fmt: str | None = None, options: ReportOp
             if path != "-":
                 stream.close()
     assert reader is not None and agg is not None and compiled is not None
-    report = _finish(agg, reader.stats, compiled, name, options)
+    report = _finish(agg, reader.stats, compiled, name, options, labeler)
     if reader.stats.parsed == 0:
         what = "is empty" if reader.stats.lines == reader.stats.skipped else "fits the format"
         raise ReportError(f"no line of the input {what}" + (
