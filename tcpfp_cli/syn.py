@@ -87,6 +87,8 @@ _P0F_HEAD = {
     v: tuple(f"{v}:{t}+{_ITTL[t] - t if _ITTL[t] - t <= sig.MAX_DISTANCE else '?'}:" for t in range(256))
     for v in (4, 6)
 }
+_P0F_HEAD4, _P0F_HEAD6 = _P0F_HEAD[4], _P0F_HEAD[6]
+_HOPS = tuple(_ITTL[t] - t for t in range(256))
 _N_VARYING = 9  # Fingerprint fields before the shape
 
 
@@ -347,14 +349,13 @@ def parse_syn(data: bytes | bytearray | memoryview) -> Fingerprint:
         shape = _shapes.get(key)
         if shape is not None:
             rest, version, tail = shape
-            ittl = _ITTL[ttl]
             if version == 4:
                 return tuple.__new__(Fingerprint, (
-                    data, ttl, ident, None, ts_val, ts_ecr, ittl, ittl - ttl,
-                    _P0F_HEAD[4][ttl] + tail) + rest)
+                    data, ttl, ident, None, ts_val, ts_ecr, _ITTL[ttl], _HOPS[ttl],
+                    _P0F_HEAD4[ttl] + tail) + rest)
             return tuple.__new__(Fingerprint, (
-                data, ttl, None, ident, ts_val, ts_ecr, ittl, ittl - ttl,
-                _P0F_HEAD[6][ttl] + tail) + rest)
+                data, ttl, None, ident, ts_val, ts_ecr, _ITTL[ttl], _HOPS[ttl],
+                _P0F_HEAD6[ttl] + tail) + rest)
     fingerprint, ts_at = _parse_slow(data)
     if found is not None and ts_at == found[1]:
         if len(_shapes) >= _SHAPES_LIMIT:
