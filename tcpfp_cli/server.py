@@ -21,6 +21,7 @@ buffered for the length of one loop iteration, and flushed on exit.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import select
@@ -59,6 +60,10 @@ _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RS
 
 class StartupError(TcpfpError):
     """The server cannot start: a port in use, no right to bind, a bad option."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        self.errno = errno  # the OS error behind it, if any
+        super().__init__(message)
 
 
 @dataclass
@@ -102,13 +107,33 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def open_listener(host: str, port: int, backlog: int, *, reuse_port: bool = False) -> tuple[socket.socket, bool]:
-    """A listening socket with TCP_SAVE_SYN set before listen(); (socket, saves SYNs)."""
+    """A listening socket with TCP_SAVE_SYN set before listen(); (socket, saves SYNs).
+
+    The default, ``[::]``, also takes IPv4; on a host or namespace without
+    IPv6 it falls back to ``0.0.0.0``, with a warning, rather than not start.
+    """
+    if host in ("::", ""):
+        try:
+            return _open_listener("::", port, backlog, reuse_port)
+        except StartupError as error:
+            if error.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                raise
+            print(f"tcpfp: warning: no IPv6 here ({error}); listening on 0.0.0.0:{port}",
+                  file=sys.stderr)
+            return _open_listener("0.0.0.0", port, backlog, reuse_port)
+    return _open_listener(host, port, backlog, reuse_port)
+
+
+def _open_listener(host: str, port: int, backlog: int, reuse_port: bool) -> tuple[socket.socket, bool]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
         raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}") from None
     family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as error:
+        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}", error.errno) from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
@@ -120,13 +145,14 @@ def open_listener(host: str, port: int, backlog: int, *, reuse_port: bool = Fals
         sock.listen(backlog)
     except OSError as error:
         sock.close()
-        if error.errno == 98:
-            raise StartupError(f"cannot listen on {host}:{port}: address already in use") from None
-        if error.errno == 13:
+        if error.errno == errno.EADDRINUSE:
+            raise StartupError(f"cannot listen on {host}:{port}: address already in use",
+                               error.errno) from None
+        if error.errno == errno.EACCES:
             raise StartupError(
                 f"cannot listen on {host}:{port}: permission denied (ports below 1024 need root "
-                "or CAP_NET_BIND_SERVICE)") from None
-        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+                "or CAP_NET_BIND_SERVICE)", error.errno) from None
+        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}", error.errno) from None
     sock.setblocking(False)
     return sock, saves
 

@@ -60,3 +60,21 @@ def test_serve_warns_once_and_still_listens(monkeypatch, capsys):
 ])
 def test_listen_addresses(text, expected):
     assert server.parse_listen(text) == expected
+
+
+class NoIpv6(socket.socket):
+    def __init__(self, family=socket.AF_INET, *args, **kwargs):
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        super().__init__(family, *args, **kwargs)
+
+
+def test_a_host_without_ipv6_gets_the_ipv4_wildcard_with_a_warning(monkeypatch, capsys):
+    monkeypatch.setattr(server.socket, "socket", NoIpv6)
+    sock, saves = server.open_listener("::", 0, 16)
+    try:
+        assert sock.family == socket.AF_INET and sock.getsockname()[0] == "0.0.0.0"
+        assert saves
+    finally:
+        sock.close()
+    assert "no IPv6 here" in capsys.readouterr().err

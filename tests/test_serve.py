@@ -314,3 +314,38 @@ def test_response_headers_and_environment_variables_in_the_log(tmp_path):
         exchange("127.0.0.1", server.port, GET)
         (line,) = server.lines(1)
     assert line.endswith(" text/plain; charset=utf-8 close - 64")
+
+
+def test_without_ipv6_the_default_listener_falls_back_to_ipv4(tmp_path):
+    """In a namespace with IPv6 switched off, `--port P` still serves IPv4 clients."""
+    need_root()
+    name = f"tcpfp-noipv6-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+    try:
+        subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True, timeout=10)
+        subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"],
+                       check=True, timeout=10)
+        subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.lo.disable_ipv6=1"],
+                       check=True, timeout=10)
+        import sys
+
+        script = (
+            "import socket,subprocess,sys,time\n"
+            "p=subprocess.Popen([sys.executable,'-m','tcpfp_cli','serve','--port','8080','--log',sys.argv[1]],"
+            "stderr=open(sys.argv[2],'wb'))\n"
+            "try:\n"
+            "  for _ in range(100):\n"
+            "    try:\n"
+            "      s=socket.create_connection(('127.0.0.1',8080),timeout=1); break\n"
+            "    except OSError: time.sleep(0.05)\n"
+            "  s.sendall(b'GET /v4 HTTP/1.0\\r\\n\\r\\n'); print(s.recv(100)[:15].decode()); s.close()\n"
+            "finally:\n"
+            "  p.terminate(); p.wait(10)\n"
+        )
+        log, err = tmp_path / "access.log", tmp_path / "stderr.txt"
+        done = subprocess.run(["ip", "netns", "exec", name, sys.executable, "-c", script, str(log), str(err)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.stdout.strip() == "HTTP/1.1 200 OK", done.stderr + err.read_text()
+        assert '"GET /v4 HTTP/1.0" 200' in log.read_text()
+    finally:
+        subprocess.run(["ip", "netns", "del", name], timeout=10)
