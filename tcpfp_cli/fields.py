@@ -163,7 +163,7 @@ class Renderer:
         self._members = len(members)
         self._plan = tuple((f.member is not None, f.read) for f in self.fields)
         self._all_members = self._members == len(self.fields)
-        self._missing = ["-"] * len(self.fields)
+        self._missing = ("-",) * len(self.fields)
         # Varying members are converted per SYN; shape members come ready-made
         # from Fingerprint.shape_texts.  Both go into one tuple, put in order.
         varying = [i for i in members if i < first_shape]
@@ -176,16 +176,16 @@ class Renderer:
                                for i in members])
         self._get = _getter(members)
 
-    def texts(self, obs: Observation) -> list[str]:
+    def texts(self, obs: Observation) -> tuple[str, ...]:
         fp = obs.fingerprint
         if self._all_members:
-            return self._missing.copy() if fp is None else self.fingerprint_texts(fp)
+            return self._missing if fp is None else self.fingerprint_texts(fp)
         values = iter(self._get(fp) if fp is not None and self._members else (None,) * self._members)
-        return ["-" if (v := next(values) if member else read(obs)) is None else str(v)
-                for member, read in self._plan]
+        return tuple(["-" if (v := next(values) if member else read(obs)) is None else str(v)
+                      for member, read in self._plan])
 
 
-    def fingerprint_texts(self, fp: Fingerprint) -> list[str]:
+    def fingerprint_texts(self, fp: Fingerprint) -> tuple[str, ...]:
         """The texts of a renderer whose fields all show Fingerprint members, from the
         Fingerprint alone (what ``decode --fields`` and the benchmark need)."""
         values = self._varying(fp)
@@ -193,7 +193,7 @@ class Renderer:
             varying = tuple(["-" if v is None else str(v) for v in values])
         else:
             varying = tuple(map(str, values))
-        return list(self._order(varying + self._shaped(fp.shape_texts)))
+        return self._order(varying + self._shaped(fp.shape_texts))
 
 
 def _getter(indices: list[int]) -> Callable[[tuple], tuple]:
