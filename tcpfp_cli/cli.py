@@ -188,19 +188,6 @@ def _read_body(path: Path | None) -> bytes | None:
         raise TcpfpError(f"--body {path}: {error.strerror}") from None
 
 
-@app.callback(invoke_without_command=True)
-def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    if version:
-        typer.echo(f"tcpfp {__version__}")
-        raise typer.Exit(0)
-
-
-def main() -> None:
-    app()
-
-
 @app.command()
 def report(
     logs: Annotated[Optional[list[str]], typer.Argument(
@@ -220,7 +207,7 @@ def report(
         "--min-count", metavar="N", help="Hide clusters and campaigns with fewer than N requests.")] = 1,
     by: Annotated[Optional[str], typer.Option(
         "--by", metavar="FIELD,...", help="Cluster fingerprints by these fields instead of the default key.")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="Parser processes for large inputs.")] = 2,
+    workers: Annotated[int, typer.Option("--workers", help="Threads that parse blocks of large inputs.")] = 2,
     signatures: SignaturesOption = None,
     p0f_db: P0fDbOption = None,
     no_p0f_db: NoP0fDbOption = False,
@@ -245,3 +232,16 @@ def report(
     except TcpfpError as error:
         raise fail(str(error)) from None
     typer.echo(json.dumps(result.to_json(), indent=1) if json_out else result.tables(20 if top is None else top))
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        typer.echo(f"tcpfp {__version__}")
+        raise typer.Exit(0)
+
+
+def main() -> None:
+    app()
