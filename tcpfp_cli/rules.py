@@ -55,6 +55,7 @@ Test = Callable[[Observation], bool]
 
 ACTIONS = ("close", "403")
 OPERATORS = ("=", "!=", "<", "<=", ">", ">=", "~")
+_MEMO_LIMIT = 1 << 16
 #: Fields a rule may not use: the rule's own outcome.
 NOT_IN_RULES = ("FINGERPRINT_DENY",)
 
@@ -84,6 +85,7 @@ class Rule(NamedTuple):
     condition: str  # as written, before "->"
     test: Test
     request_time: bool  # uses a FINGERPRINT_REQ_* field
+    fields: tuple[Field, ...] = ()  # the fields its condition reads
 
     @property
     def tag(self) -> str:
@@ -101,16 +103,32 @@ class RuleSet:
         self.request_time = any(r.request_time for r in self.rules)
         self._at_accept = tuple((r.test, r) for r in self.rules if not r.request_time)
         self._at_request = tuple((r.test, r) for r in self.rules if r.action == "403")
+        # A rule's outcome is a function of the values its fields read, and
+        # connections repeat those values (one stack, one TTL): remember the
+        # accept-time answer per tuple of values.
+        reads = dict.fromkeys(f.read for r in self.rules if not r.request_time for f in r.fields)
+        self._accept_reads = tuple(reads)
+        self._accept_memo: dict[tuple, Rule | None] = {}
 
     def __len__(self) -> int:
         return len(self.rules)
 
     def at_accept(self, obs: Observation) -> Rule | None:
         """The first rule that matches what is known at accept (request-time rules skipped)."""
+        key = tuple([read(obs) for read in self._accept_reads])
+        try:
+            return self._accept_memo[key]
+        except KeyError:
+            pass
+        found = None
         for test, rule in self._at_accept:
             if test(obs):
-                return rule
-        return None
+                found = rule
+                break
+        if len(self._accept_memo) >= _MEMO_LIMIT:
+            self._accept_memo.clear()
+        self._accept_memo[key] = found
+        return found
 
     def at_request(self, obs: Observation) -> Rule | None:
         """The first ``403`` rule that matches, once a request has arrived."""
@@ -226,7 +244,8 @@ class _Parser:
         if action == "close" and request_fields:
             raise self.fail(f"{request_fields[0]} is only known once a request arrives, so a "
                             "'close' rule (applied at accept) cannot use it; use '-> 403'")
-        return Rule(self.number, action, condition, test, bool(request_fields))
+        return Rule(self.number, action, condition, test, bool(request_fields),
+                    tuple(dict.fromkeys(self.fields)))
 
     def expr(self) -> Test:
         terms = [self.term()]

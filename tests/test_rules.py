@@ -319,3 +319,25 @@ def test_twenty_rules_are_compiled_once_and_cheap_to_evaluate():
         assert rules.at_accept(obs) is None
         per_call = min(timeit.repeat(lambda: rules.at_accept(obs), number=2000, repeat=5)) / 2000
         assert per_call < 50e-6, f"{per_call * 1e6:.1f} us per evaluation of 20 rules"
+
+
+def test_remembered_accept_answers_equal_evaluating_every_rule():
+    """at_accept remembers its answer per tuple of the values the rules read; across
+    the fixture SYNs, every TTL and the first and a later call, it must give what
+    trying the rules in order gives."""
+    rules = parse_rules(
+        "FINGERPRINT_TCP_OPTIONS = 2,4,8,1,3 and FINGERPRINT_ITTL = 64 and FINGERPRINT_TCP_WSCALE <= 5 -> 403\n"
+        "FINGERPRINT_IP_TTL > 200 or FINGERPRINT_TCP_WSIZE = 65535 -> close\n"
+        "FINGERPRINT_QUIRKS ~ \"*ecn*\" -> 403\n")
+    names = [p.stem for p in sorted(FIXTURES.glob("*.json"))
+             if "expected" in json.loads(p.read_text())]
+    for name in names:
+        base = bytes.fromhex(json.loads((FIXTURES / f"{name}.json").read_text())["hex"])
+        ttl_at = 8 if base[0] >> 4 == 4 else 7
+        for ttl in (1, 50, 64, 128, 201, 255):
+            raw = bytearray(base)
+            raw[ttl_at] = ttl
+            obs = Observation(fingerprint=parse_syn(bytes(raw)), saved_syn=bytes(raw))
+            expected = next((r for r in rules.rules if not r.request_time and r.test(obs)), None)
+            assert rules.at_accept(obs) is expected
+            assert rules.at_accept(obs) is expected  # now from memory
