@@ -1,4 +1,4 @@
-"""Hex text <-> bytes, forgiving about how people paste hex.
+"""Hex text -> bytes, forgiving about how people paste hex.
 
 A SAVED_SYN or TCP_INFO value arrives as lowercase hex in a log, but users
 also paste ``0x``-prefixed, upper-case, colon- or space-separated dumps.  We
@@ -30,8 +30,3 @@ def parse_hex(text: str) -> bytes:
     if len(compact) % 2:
         raise BadHex(f"odd number of hex digits ({len(compact)})")
     return binascii.unhexlify(compact)
-
-
-def to_hex(data: bytes) -> str:
-    """Lowercase hex, as FINGERPRINT_SAVED_SYN and FINGERPRINT_TCP_INFO are logged."""
-    return data.hex()
