@@ -106,28 +106,32 @@ class RuleSet:
         # A rule's outcome is a function of the values its fields read, and
         # connections repeat those values (one stack, one TTL): remember the
         # accept-time answer per tuple of values.
-        reads = dict.fromkeys(f.read for r in self.rules if not r.request_time for f in r.fields)
-        self._accept_reads = tuple(reads)
-        self._accept_memo: dict[tuple, Rule | None] = {}
+        # Only worth it when no rule reads a value that is new on every connection
+        # (IP ID, timestamps, flow label, RTT, accept time): then no answer repeats.
+        fields = dict.fromkeys(f for r in self.rules if not r.request_time for f in r.fields)
+        self._accept_reads = tuple(f.read for f in fields)
+        self._accept_memo: dict[tuple, Rule | None] | None = (
+            None if any(_per_connection(f) for f in fields) else {})
 
     def __len__(self) -> int:
         return len(self.rules)
 
     def at_accept(self, obs: Observation) -> Rule | None:
         """The first rule that matches what is known at accept (request-time rules skipped)."""
-        key = tuple([read(obs) for read in self._accept_reads])
-        try:
-            return self._accept_memo[key]
-        except KeyError:
-            pass
+        memo = self._accept_memo
+        if memo is not None:
+            key = tuple([read(obs) for read in self._accept_reads])
+            if key in memo:
+                return memo[key]
         found = None
         for test, rule in self._at_accept:
             if test(obs):
                 found = rule
                 break
-        if len(self._accept_memo) >= _MEMO_LIMIT:
-            self._accept_memo.clear()
-        self._accept_memo[key] = found
+        if memo is not None:
+            if len(memo) >= _MEMO_LIMIT:
+                memo.clear()
+            memo[key] = found
         return found
 
     def at_request(self, obs: Observation) -> Rule | None:
@@ -143,6 +147,12 @@ class RuleSet:
             if rule.test(obs):
                 return rule
         return None
+
+
+def _per_connection(field: Field) -> bool:
+    """A field whose value differs on (nearly) every connection of the same client."""
+    return field.member in ("ip_id", "ts_val", "ts_ecr", "flow_label") or field.source in (
+        "tcp_info", "tcp_info_now", "connection")
 
 
 # --------------------------------------------------------------------------- reading
