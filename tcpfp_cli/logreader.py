@@ -13,10 +13,10 @@ block:
    take: a backslash (an Apache escape: the tokenizer below would not undo it
    as Apache wrote it), a byte outside printable ASCII (controls, tabs, CR,
    bytes >= 0x80), a number of double quotes other than the format's, a quote
-   that does not open or close a whole token, a trailing space, or nothing at
-   all (a blank line, counted as skipped);
+   that does not open or close a whole token, a leading or trailing space, two
+   spaces in a row, or nothing at all (a blank line, counted as skipped);
 2. the remaining lines go, as one buffer, to pandas' C tokenizer
-   (``read_csv`` with whitespace as separator and ``"`` as quote, everything
+   (``read_csv`` with one space as separator and ``"`` as quote, everything
    as text or numbers, only the columns asked for), plus one sentinel line so
    that the tokenizer always sees one token more than the format has;
 3. each row is checked against the format's token plan: exactly as many
@@ -283,6 +283,14 @@ class _Parser:
         odd = np.flatnonzero((arr - np.uint8(32)) > np.uint8(94))
         plain = ~blank & (np.searchsorted(odd, ends) == np.searchsorted(odd, starts))
         plain &= arr[np.maximum(ends - 1, 0)] != 32  # a trailing space: let the parser judge
+        # A leading space or two spaces in a row (even inside quotes): the parser judges too, so
+        # that on the fast path every space separates two tokens and the tokenizer can split at
+        # single spaces, which is faster than at runs of whitespace.
+        plain &= arr[np.minimum(starts, len(arr) - 1)] != 32
+        space = arr == 32
+        doubles = np.flatnonzero(space[1:] & space[:-1])
+        if len(doubles):
+            plain[np.searchsorted(ends, doubles)] = False
         bs = np.flatnonzero(arr == 92)
         escaped_lines = np.zeros(nlines, dtype=bool)
         if len(bs):
@@ -293,14 +301,14 @@ class _Parser:
         if len(rows) == nlines:
             body = buf
         else:
-            body = arr[np.repeat(simple, ends - starts + 1)].tobytes()
+            body = _select_lines(buf, starts, ends, simple)
         erows = np.flatnonzero(escaped_lines)
         if len(erows):
             # \\ and \" become bytes 2 and 1 (never in a plain line), so the tokenizer sees
             # no escaped quote; the values are restored and unescaped after tokenizing.
-            body += b"".join(
-                buf[starts[i]:ends[i] + 1].replace(b"\\\\", b"\x02").replace(b'\\"', b"\x01")
-                for i in erows.tolist())
+            # Lines end with a newline, so replacing in all of them at once is the same as line by line.
+            body += _select_lines(buf, starts, ends, escaped_lines).replace(
+                b"\\\\", b"\x02").replace(b'\\"', b"\x01")
             rows = np.concatenate([rows, erows])
         frame = None
         rejected = np.empty(0, dtype=np.intp)
@@ -334,31 +342,47 @@ class _Parser:
     def _quotes_ok(self, body: bytes, nrows: int) -> np.ndarray:
         """Per line of ``body``: the format's number of quotes, each opening or closing a token."""
         arr = np.frombuffer(body, dtype=np.uint8)
-        ends = np.flatnonzero(arr == 10)
-        starts = np.empty_like(ends)
-        starts[0] = 0
-        starts[1:] = ends[:-1] + 1
         q = np.flatnonzero(arr == 34)
         if not len(q):
             return np.full(nrows, self.quotes == 0)
-        qline = np.searchsorted(ends, q)
-        counts = np.bincount(qline, minlength=nrows)
+        ends = np.flatnonzero(arr == 10)
+        counts = np.diff(np.searchsorted(q, ends), prepend=0)
         ok = counts == self.quotes
+        if (counts & 1).any():
+            misplaced = self._misplaced_by_line(arr, ends, q, counts, nrows)
+        else:
+            # Every line has an even number of quotes, so the quotes open and close in turn
+            # across the whole body: even ones open (after a space or at a line start), odd ones close.
+            opening, closing = q[0::2], q[1::2]
+            before = arr[np.maximum(opening - 1, 0)]
+            after = arr[closing + 1]  # never past the end: the body ends with a newline
+            misplaced = np.concatenate([
+                opening[~((before == 32) | (before == 10) | (opening == 0))],
+                closing[~((after == 32) | (after == 10))]])
+        if len(misplaced):
+            ok[np.unique(np.searchsorted(ends, misplaced))] = False
+        return ok
+
+    @staticmethod
+    def _misplaced_by_line(arr: np.ndarray, ends: np.ndarray, q: np.ndarray, counts: np.ndarray,
+                           nrows: int) -> np.ndarray:
+        """The quotes that do not open or close a token, counting opening and closing per line."""
+        starts = np.empty_like(ends)
+        starts[0] = 0
+        starts[1:] = ends[:-1] + 1
+        qline = np.searchsorted(ends, q)
         first = np.cumsum(counts) - counts
         opening = (np.arange(len(q)) - first[qline]) % 2 == 0
         before_ok = (q == starts[qline]) | (arr[np.maximum(q - 1, 0)] == 32)
         after_ok = (q + 1 == ends[qline]) | (arr[np.minimum(q + 1, len(arr) - 1)] == 32)
-        misplaced = np.where(opening, ~before_ok, ~after_ok)
-        if misplaced.any():
-            ok[np.unique(qline[misplaced])] = False
-        return ok
+        return q[np.where(opening, ~before_ok, ~after_ok)]
 
     def _tokenize(self, body: bytes, nplain: int) -> tuple[pd.DataFrame, np.ndarray]:
         """The wanted columns of the fast lines, and which rows fit the token plan."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             raw = pd.read_csv(
-                io.BytesIO(body + self.sentinel), sep=r"\s+", header=None, names=self.names,
+                io.BytesIO(body + self.sentinel), sep=" ", header=None, names=self.names,
                 usecols=self.usecols, dtype=self.dtypes, na_values=self.na, keep_default_na=False,
                 quotechar='"', doublequote=False, engine="c", skip_blank_lines=False, low_memory=False,
             )
@@ -551,24 +575,47 @@ class LogReader:
                 yield frame
 
 
+def _select_lines(buf: bytes, starts: np.ndarray, ends: np.ndarray, mask: np.ndarray) -> bytes:
+    """The lines of ``buf`` (each with its newline) where ``mask`` is true, joined run by run."""
+    edges = np.diff(mask.view(np.int8), prepend=np.int8(0), append=np.int8(0))
+    first, after = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    view = memoryview(buf)
+    return b"".join([view[a:b] for a, b in zip(starts[first].tolist(), (ends[after - 1] + 1).tolist())])
+
+
 def _chain(first: list, rest: Iterator) -> Iterator:
     yield from first
     yield from rest
 
 
 def _restore(values: pd.Series, nplain: int, escaped: bool) -> tuple[pd.Series, np.ndarray]:
-    """Undo the stand-in bytes of the escaped lines (rows from ``nplain``); unescape if Apache escaped the column."""
+    """Undo the stand-in bytes of the escaped lines (rows from ``nplain``); unescape if Apache escaped the column.
+
+    Each distinct value of those rows is looked at once.
+    """
     arr = values.to_numpy(dtype=object, copy=True)
     good = np.ones(len(arr), dtype=bool)
-    for k in range(nplain, len(arr)):
-        v = arr[k]
+    codes, uniques = pd.factorize(arr[nplain:], use_na_sentinel=True)
+    uniques = np.asarray(uniques, dtype=object)
+    changed = np.zeros(len(uniques), dtype=bool)
+    bad = np.zeros(len(uniques), dtype=bool)
+    for k, v in enumerate(uniques.tolist()):
         if not isinstance(v, str) or ("\x01" not in v and "\x02" not in v and "\\" not in v):
             continue
         if not escaped:
             if "\x01" in v or "\x02" in v:
-                good[k] = False  # an escape where Apache writes none: LogFormat.parse decides
+                bad[k] = True  # an escape where Apache writes none: LogFormat.parse decides
             continue
-        arr[k] = unescape(v.replace("\x02", "\\\\").replace("\x01", '\\"'))
+        uniques[k] = unescape(v.replace("\x02", "\\\\").replace("\x01", '\\"'))
+        changed[k] = True
+    if changed.any() or bad.any():
+        safe = np.maximum(codes, 0)
+        has = codes >= 0
+        if changed.any():
+            rows = np.flatnonzero(has & changed[safe])
+            arr[nplain + rows] = uniques[codes[rows]]
+        if bad.any():
+            good[nplain:] = ~(has & bad[safe])
     return pd.Series(arr, index=values.index, dtype=object), good
 
 

@@ -292,15 +292,15 @@ class _Aggregator:
             p = self.patterns.of("<none>")
             return np.full(n, g), np.full(n, p)
         cat = column.array
-        gids = np.empty(len(cat.categories) + 1, dtype=np.int64)
-        pids = np.empty_like(gids)
+        requests = cat.categories.tolist()
         cache = self.request_cache
-        for k, request in enumerate(cat.categories):
-            got = cache.get(request)
+        found = list(map(cache.get, requests))  # each distinct line is classified once per run
+        for k, got in enumerate(found):
             if got is None:
-                got = cache[request] = self._classify(request)
-            gids[k], pids[k] = got
-        gids[-1], pids[-1] = self._classify(None)
+                found[k] = cache[requests[k]] = self._classify(requests[k])
+        found.append(self._classify(None))
+        ids = np.array(found, dtype=np.int64).reshape(len(found), 2)
+        gids, pids = ids[:, 0], ids[:, 1]
         codes = np.asarray(cat.codes, dtype=np.int64)  # -1 (missing) picks the last entry
         return gids[codes], pids[codes]
 
@@ -406,14 +406,21 @@ class _Aggregator:
         has = ttl != _NA_INT
         if not has.any():
             return
-        data = pd.DataFrame({"c": cluster[has], "t": ttl[has], "h": np.where(hops[has] == _NA_INT, -1, hops[has])})
-        agg = data.groupby("c").agg(t0=("t", "min"), t1=("t", "max"), h0=("h", "min"), h1=("h", "max"))
-        for c, row in zip(agg.index.to_numpy(), agg.to_numpy()):
-            old = self.ttl.get(int(c))
-            new = [int(v) for v in row]
+        t, h = ttl[has], np.where(hops[has] == _NA_INT, -1, hops[has])
+        cs, inv = np.unique(cluster[has], return_inverse=True)  # per cluster: min and max of t and h
+        big, small = np.iinfo(np.int64).max, np.iinfo(np.int64).min
+        t0, t1 = np.full(len(cs), big), np.full(len(cs), small)
+        h0, h1 = np.full(len(cs), big), np.full(len(cs), small)
+        np.minimum.at(t0, inv, t)
+        np.maximum.at(t1, inv, t)
+        np.minimum.at(h0, inv, h)
+        np.maximum.at(h1, inv, h)
+        for c, *row in zip(cs.tolist(), t0.tolist(), t1.tolist(), h0.tolist(), h1.tolist()):
+            old = self.ttl.get(c)
+            new = row
             if old is not None:
                 new = [min(old[0], new[0]), max(old[1], new[1]), min(old[2], new[2]), max(old[3], new[3])]
-            self.ttl[int(c)] = new
+            self.ttl[c] = new
 
 
 def _tally(votes: defaultdict[int, Counter[tuple[int, int]]], cluster: np.ndarray, a: np.ndarray,
