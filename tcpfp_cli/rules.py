@@ -93,6 +93,14 @@ class Rule(NamedTuple):
         return f"{self.line}:{self.action}"
 
 
+class _Run(NamedTuple):
+    """Consecutive accept-time rules; ``memo`` None: evaluate them every time."""
+
+    rules: tuple[Rule, ...]
+    reads: tuple[Callable[[Observation], object], ...]
+    memo: dict[tuple, Rule | None] | None
+
+
 class RuleSet:
     """The rules of one file, in order, ready to evaluate."""
 
@@ -101,38 +109,47 @@ class RuleSet:
         self.source = source
         #: Some 403 rule needs the request's TCP_INFO (so read it at each request).
         self.request_time = any(r.request_time for r in self.rules)
-        self._at_accept = tuple((r.test, r) for r in self.rules if not r.request_time)
         self._at_request = tuple((r.test, r) for r in self.rules if r.action == "403")
         # A rule's outcome is a function of the values its fields read, and
-        # connections repeat those values (one stack, one TTL): remember the
-        # accept-time answer per tuple of values.
-        # Only worth it when no rule reads a value that is new on every connection
-        # (IP ID, timestamps, flow label, RTT, accept time): then no answer repeats.
-        fields = dict.fromkeys(f for r in self.rules if not r.request_time for f in r.fields)
-        self._accept_reads = tuple(f.read for f in fields)
-        self._accept_memo: dict[tuple, Rule | None] | None = (
-            None if any(_per_connection(f) for f in fields) else {})
+        # connections repeat those values (one stack, one TTL).  So the
+        # accept-time rules are cut into runs: a run of rules that read only
+        # such values is answered from memory, per tuple of the values it
+        # reads; a rule that reads a value new on every connection (IP ID,
+        # timestamps, flow label, RTT, accept time) is evaluated each time.
+        runs: list[_Run] = []
+        for rule in (r for r in self.rules if not r.request_time):
+            if any(_per_connection(f) for f in rule.fields):
+                runs.append(_Run((rule,), (), None))
+            elif runs and runs[-1].memo is not None:
+                runs[-1] = _Run(runs[-1].rules + (rule,), (), {})
+            else:
+                runs.append(_Run((rule,), (), {}))
+        self._accept_runs = tuple(
+            run._replace(reads=tuple(dict.fromkeys(f.read for r in run.rules for f in r.fields)))
+            for run in runs)
 
     def __len__(self) -> int:
         return len(self.rules)
 
     def at_accept(self, obs: Observation) -> Rule | None:
         """The first rule that matches what is known at accept (request-time rules skipped)."""
-        memo = self._accept_memo
-        if memo is not None:
-            key = tuple([read(obs) for read in self._accept_reads])
+        for rules, reads, memo in self._accept_runs:
+            if memo is None:
+                for rule in rules:
+                    if rule.test(obs):
+                        return rule
+                continue
+            key = tuple([read(obs) for read in reads])
             if key in memo:
-                return memo[key]
-        found = None
-        for test, rule in self._at_accept:
-            if test(obs):
-                found = rule
-                break
-        if memo is not None:
-            if len(memo) >= _MEMO_LIMIT:
-                memo.clear()
-            memo[key] = found
-        return found
+                found = memo[key]
+            else:
+                found = next((rule for rule in rules if rule.test(obs)), None)
+                if len(memo) >= _MEMO_LIMIT:
+                    memo.clear()
+                memo[key] = found
+            if found is not None:
+                return found
+        return None
 
     def at_request(self, obs: Observation) -> Rule | None:
         """The first ``403`` rule that matches, once a request has arrived."""

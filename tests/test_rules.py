@@ -328,15 +328,19 @@ def test_remembered_accept_answers_equal_evaluating_every_rule():
     rules = parse_rules(
         "FINGERPRINT_TCP_OPTIONS = 2,4,8,1,3 and FINGERPRINT_ITTL = 64 and FINGERPRINT_TCP_WSCALE <= 5 -> 403\n"
         "FINGERPRINT_IP_TTL > 200 or FINGERPRINT_TCP_WSIZE = 65535 -> close\n"
+        # a rule on a value new on every connection sits between remembered runs
+        "FINGERPRINT_IP_ID = 54321 or FINGERPRINT_IP_ID = 7 -> close\n"
         "FINGERPRINT_QUIRKS ~ \"*ecn*\" -> 403\n")
     names = [p.stem for p in sorted(FIXTURES.glob("*.json"))
              if "expected" in json.loads(p.read_text())]
     for name in names:
         base = bytes.fromhex(json.loads((FIXTURES / f"{name}.json").read_text())["hex"])
         ttl_at = 8 if base[0] >> 4 == 4 else 7
-        for ttl in (1, 50, 64, 128, 201, 255):
+        for ttl, ip_id in ((1, 7), (50, 54321), (64, 1), (128, 7), (201, 2), (255, 54321)):
             raw = bytearray(base)
             raw[ttl_at] = ttl
+            if base[0] >> 4 == 4:
+                raw[4:6] = ip_id.to_bytes(2, "big")
             obs = Observation(fingerprint=parse_syn(bytes(raw)), saved_syn=bytes(raw))
             expected = next((r for r in rules.rules if not r.request_time and r.test(obs)), None)
             assert rules.at_accept(obs) is expected
