@@ -238,7 +238,7 @@ def _parse_slow(data: bytes) -> tuple[Fingerprint, int]:
         version, df, ip_ecn, ip_olen, window, walk.window_scale, walk.mss, walk.kinds,
         _kinds_text(walk.kinds), flags, flags >> 6 & 3, has_payload, names, _quirks_text(names),
     )
-    shape_texts = tuple("-" if v is None else str(v) for v in shape)
+    shape_texts = tuple(["-" if v is None else str(v) for v in shape])
     fingerprint = Fingerprint(
         data, ttl, ip_id, flow_label, walk.ts_val, walk.ts_ecr, ittl, ittl - ttl, p0f,
         *shape, shape_texts,
@@ -254,7 +254,7 @@ def _parse_slow(data: bytes) -> tuple[Fingerprint, int]:
 # number, checksums and timestamp values.  Everything else a Fingerprint holds
 # is a pure function of the remaining bytes (plus whether IP ID, sequence
 # number, TSval and TSecr are zero, which quirks depend on).  So for the common
-# forms (IPv4 without options, IPv6 without extension headers) we key a cache
+# forms (IPv4, with or without options; IPv6 without extension headers) we key a cache
 # on exactly those bytes and flags, and rebuild only the varying fields per
 # packet.  A shape is cached only when the timestamp option we masked is the
 # one the full parse found, so a cached shape always equals a full parse;
@@ -289,10 +289,12 @@ def _quirks_text(names: tuple[str, ...]) -> str:
 #: offset/flags, window, [checksum], urgent pointer.
 _COMMON_V4 = struct.Struct("!BBHHHBB10x4xIIHH2xH")
 _TS_VALUES = struct.Struct("!II")
+_TCP_AFTER_PORTS = struct.Struct("!IIHH2xH")  # seq, ack, offset/flags, window, [checksum], urgent
 
 
 def _shape_key(data: bytes) -> tuple[object, int, int, int | None, int | None, int | None] | None:
-    """(key, timestamp offset, TTL, IP ID or flow label, TSval, TSecr) of a common-form SYN.
+    """(key, timestamp offset, TTL, IP ID or flow label, TSval, TSecr) of a common-form SYN:
+    any IPv4 SYN, or an IPv6 SYN without extension headers.
 
     The key holds every header value that decides the fingerprint: all but
     TTL, IP ID (flow label), ports, addresses, sequence number, checksums and
@@ -300,7 +302,8 @@ def _shape_key(data: bytes) -> tuple[object, int, int, int | None, int | None, i
     None when the SYN is not of a common form (the full parse handles it).
     """
     n = len(data)
-    if data[0] == 0x45:
+    # Keys of the three forms never collide: their tuples differ in length.
+    if data[0] == 0x45:  # the most common form by far: written out, without a helper call
         if n < 40:
             return None
         vihl, tos, total, ip_id, frag, ttl, proto, seq, ack, offset_flags, window, urgent = (
@@ -318,23 +321,44 @@ def _shape_key(data: bytes) -> tuple[object, int, int, int | None, int | None, i
         return ((tos, total, frag, ack, offset_flags, window, urgent, not ip_id, not seq,
                  data[40:ts], data[ts + 10 : end], ts, not ts_val, not ts_ecr),
                 ts, ttl, ip_id, ts_val, ts_ecr)
-    if data[0] >> 4 == 6:
+    first = data[0]
+    if first >> 4 == 4:  # with IP options: their bytes join the key
+        ihl = (first & 15) * 4
+        if ihl < 24 or n < ihl + 20:
+            return None
+        _, tos, total, ip_id, frag, ttl, proto = _IPV4.unpack_from(data)
+        seq, ack, offset_flags, window, urgent = _TCP_AFTER_PORTS.unpack_from(data, ihl + 4)
+        end = ihl + (offset_flags >> 12) * 4
+        if proto != PROTO_TCP or end < ihl + 20 or n < end:
+            return None
+        header = (first, tos, total, frag, ack, offset_flags, window, urgent, not ip_id, not seq,
+                  data[20:ihl])
+        return _key_rest(data, header, ihl + 20, end, ttl, ip_id)
+    if first >> 4 == 6:
         if n < 60 or data[6] != PROTO_TCP:
             return None
         end = 40 + (data[52] >> 4) * 4
         if end < 60 or n < end:
             return None
-        ts = data.find(_TS_KIND, 60, end)
         flow = (data[1] & 15) << 16 | data[2] << 8 | data[3]
-        head = (data[0], data[1] & 0xF0, data[4:6], data[48:56], not flow, data[44:48] == b"\0\0\0\0")
-        if ts < 0:
-            return (head + (data[58:end],), ts, data[7], flow, None, None)
-        if ts + 10 > end:
-            return None
-        ts_val, ts_ecr = _TS_VALUES.unpack_from(data, ts + 2)
-        return (head + (data[58:ts], data[ts + 10 : end], ts, not ts_val, not ts_ecr),
-                ts, data[7], flow, ts_val, ts_ecr)
+        header = (first, data[1] & 0xF0, data[4:6], data[48:56], not flow, data[44:48] == b"\0\0\0\0")
+        return _key_rest(data, header, 60, end, data[7], flow)
     return None
+
+
+def _key_rest(
+    data: bytes, header: tuple, options_at: int, end: int, ttl: int, ident: int
+) -> tuple[object, int, int, int | None, int | None, int | None] | None:
+    """``_shape_key``'s answer for the less common forms, from the header part of the
+    key: the TCP option bytes with the timestamp values left out, and the varying values."""
+    ts = data.find(_TS_KIND, options_at, end)
+    if ts < 0:
+        return header + (data[options_at:end],), ts, ttl, ident, None, None
+    if ts + 10 > end:
+        return None
+    ts_val, ts_ecr = _TS_VALUES.unpack_from(data, ts + 2)
+    return (header + (data[options_at:ts], data[ts + 10 : end], ts, not ts_val, not ts_ecr),
+            ts, ttl, ident, ts_val, ts_ecr)
 
 
 def parse_syn(data: bytes | bytearray | memoryview) -> Fingerprint:

@@ -23,9 +23,9 @@ from tcpfp_cli.syn import parse_syn, parse_syn_uncached
 FIXTURES = sorted((Path(__file__).parent / "fixtures" / "syn").glob("*.json"))
 CASES = [json.loads(p.read_text()) for p in FIXTURES]
 PACKETS = [bytes.fromhex(case["hex"]) for case in CASES]
-#: Well-formed IPv4 (no options) and IPv6 SYNs: the forms the cache serves.
-GOOD = [bytes.fromhex(c["hex"]) for c in CASES
-        if "expected" in c and (c["hex"].startswith("45") or c["hex"].startswith("6"))]
+#: Every well-formed SYN (the cache serves IPv4 and IPv6 without extension headers;
+#: the others must come out of the full parse the same either way).
+GOOD = [bytes.fromhex(c["hex"]) for c in CASES if "expected" in c]
 
 
 def outcome(parse, data: bytes):
@@ -41,8 +41,8 @@ def check(data: bytes) -> None:
 
 def varying_offsets(packet: bytes) -> list[int]:
     """Byte offsets of the fields that vary per connection (the ones the cache masks)."""
-    if packet[0] == 0x45:
-        tcp = 20
+    if packet[0] >> 4 == 4:
+        tcp = (packet[0] & 15) * 4
         offsets = [4, 5, 8, 10, 11, *range(12, 20)]
     else:
         tcp = 40
