@@ -349,3 +349,15 @@ def test_without_ipv6_the_default_listener_falls_back_to_ipv4(tmp_path):
         assert '"GET /v4 HTTP/1.0" 200' in log.read_text()
     finally:
         subprocess.run(["ip", "netns", "del", name], timeout=10)
+
+
+def test_a_signature_file_with_an_error_stops_serve_at_start_up(tmp_path):
+    import sys
+
+    bad = tmp_path / "mine.fp"
+    bad.write_text("classes = unix\n[tcp:request]\nlabel = s:unix:Mine:1\nsig = 4:64:0:*:nonsense,*:mss:df:0\n")
+    done = subprocess.run([sys.executable, "-m", "tcpfp_cli", "serve", "--port", str(free_port()),
+                           "--signatures", str(bad)], capture_output=True, text=True, timeout=20)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert str(bad) in line and "line 4" in line
