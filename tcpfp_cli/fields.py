@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import UnknownField
 from .sigdb import Match
-from .syn import Fingerprint
+from .syn import TTL_MEMBERS, TTL_TEXTS, Fingerprint
 from .tcpinfo import TcpInfo
 
 if TYPE_CHECKING:
@@ -150,50 +150,64 @@ def render(field: Field, obs: Observation) -> str:
 class Renderer:
     """Renders one fixed list of fields at a time: the hot path of decode and the log.
 
-    Fields that show a Fingerprint attribute unchanged are fetched together
-    with one ``itemgetter`` call; the others go through their ``read``.  The
-    texts are exactly those of ``render``.
+    The texts are exactly those of ``render``; they are only put together with
+    fewer steps.  Fields that show a Fingerprint attribute unchanged come from
+    the Fingerprint in three groups: its shape fields ready-made from
+    ``Fingerprint.shape_texts``; TTL, ITTL and hops from a table of every TTL
+    (ITTL and hops are functions of the TTL); the other varying ones (IP ID,
+    timestamps, p0f signature) converted per SYN.  Other fields go through
+    their ``read``.  One ``itemgetter`` then puts all of them in field order.
     """
 
     def __init__(self, fields: Iterable[Field]) -> None:
         self.fields = tuple(fields)
         index = {name: i for i, name in enumerate(Fingerprint._fields)}
         first_shape = index["ip_version"]  # the fields from here on are the SYN's shape
-        members = [index[f.member] for f in self.fields if f.member is not None]
-        self._members = len(members)
-        self._plan = tuple((f.member is not None, f.read) for f in self.fields)
-        self._all_members = self._members == len(self.fields)
-        self._missing = ("-",) * len(self.fields)
-        # Varying members are converted per SYN; shape members come ready-made
-        # from Fingerprint.shape_texts.  Both go into one tuple, put in order.
-        varying = [i for i in members if i < first_shape]
-        shaped = [i - first_shape for i in members if i >= first_shape]
-        self._varying = _getter(varying)
-        self._shaped = _getter(shaped)
-        slot = {("v", i): n for n, i in enumerate(varying)}
-        slot |= {("s", i): len(varying) + n for n, i in enumerate(shaped)}
-        self._order = _getter([slot[("v", i)] if i < first_shape else slot[("s", i - first_shape)]
-                               for i in members])
-        self._get = _getter(members)
-
-    def texts(self, obs: Observation) -> tuple[str, ...]:
-        fp = obs.fingerprint
-        if self._all_members:
-            return self._missing if fp is None else self.fingerprint_texts(fp)
-        values = iter(self._get(fp) if fp is not None and self._members else (None,) * self._members)
-        return tuple(["-" if (v := next(values) if member else read(obs)) is None else str(v)
-                      for member, read in self._plan])
-
+        members = [f.member for f in self.fields if f.member is not None]
+        self._all_members = len(members) == len(self.fields)
+        self._reads = tuple(f.read for f in self.fields if f.member is None)
+        by_ttl = [m for m in members if m in TTL_MEMBERS]
+        self._uses_ttl = bool(by_ttl)
+        varying = list(dict.fromkeys(m for m in members if index[m] < first_shape and m not in TTL_MEMBERS))
+        self._varying = _getter([index[m] for m in varying])
+        # Slots of the concatenation: TTL texts, varying texts, shape texts, then other fields.
+        slot = {m: k for k, m in enumerate(TTL_MEMBERS)} if by_ttl else {}
+        slot |= {m: len(slot) + k for k, m in enumerate(varying)}
+        base = len(slot)
+        slot |= {m: base + index[m] - first_shape for m in members if index[m] >= first_shape}
+        after = base + len(Fingerprint._fields) - first_shape - 1  # shape_texts is not a shape field
+        order, k = [], 0
+        for f in self.fields:
+            if f.member is not None:
+                order.append(slot[f.member])
+            else:
+                order.append(after + k)
+                k += 1
+        self._order = _getter(order)
+        self._missing_members = ("-",) * after
 
     def fingerprint_texts(self, fp: Fingerprint) -> tuple[str, ...]:
         """The texts of a renderer whose fields all show Fingerprint members, from the
         Fingerprint alone (what ``decode --fields`` and the benchmark need)."""
+        return self._order(self._member_texts(fp))
+
+    def _member_texts(self, fp: Fingerprint) -> tuple[str, ...]:
         values = self._varying(fp)
         if None in values:
             varying = tuple(["-" if v is None else str(v) for v in values])
         else:
             varying = tuple(map(str, values))
-        return self._order(varying + self._shaped(fp.shape_texts))
+        if self._uses_ttl:
+            return TTL_TEXTS[fp.ttl] + varying + fp.shape_texts
+        return varying + fp.shape_texts
+
+    def texts(self, obs: Observation) -> tuple[str, ...]:
+        fp = obs.fingerprint
+        members = self._missing_members if fp is None else self._member_texts(fp)
+        if self._all_members:
+            return self._order(members)
+        return self._order(members + tuple(["-" if (v := read(obs)) is None else str(v)
+                                            for read in self._reads]))
 
 
 def _getter(indices: list[int]) -> Callable[[tuple], tuple]:

@@ -89,6 +89,9 @@ _P0F_HEAD = {
 }
 _P0F_HEAD4, _P0F_HEAD6 = _P0F_HEAD[4], _P0F_HEAD[6]
 _HOPS = tuple(_ITTL[t] - t for t in range(256))
+#: The Fingerprint members a TTL decides, and their texts for every TTL (for renderers).
+TTL_MEMBERS = ("ttl", "ittl", "hops")
+TTL_TEXTS = tuple((str(t), str(_ITTL[t]), str(_HOPS[t])) for t in range(256))
 _N_VARYING = 9  # Fingerprint fields before the shape
 
 
@@ -292,37 +295,15 @@ _TS_VALUES = struct.Struct("!II")
 _TCP_AFTER_PORTS = struct.Struct("!IIHH2xH")  # seq, ack, offset/flags, window, [checksum], urgent
 
 
-def _shape_key(data: bytes) -> tuple[object, int, int, int | None, int | None, int | None] | None:
-    """(key, timestamp offset, TTL, IP ID or flow label, TSval, TSecr) of a common-form SYN:
-    any IPv4 SYN, or an IPv6 SYN without extension headers.
-
-    The key holds every header value that decides the fingerprint: all but
-    TTL, IP ID (flow label), ports, addresses, sequence number, checksums and
-    timestamp values, and whether those IDs, seq, TSval and TSecr are zero.
-    None when the SYN is not of a common form (the full parse handles it).
+def _other_key(data: bytes) -> tuple[object, int, int, int | None, int | None, int | None] | None:
+    """(key, timestamp offset, TTL, IP ID or flow label, TSval, TSecr) of the less
+    common forms: IPv4 with IP options (their bytes join the key), and IPv6
+    without extension headers.  None for any other SYN: the full parse handles
+    it.  Keys of the three forms never collide: their tuples differ in length.
     """
     n = len(data)
-    # Keys of the three forms never collide: their tuples differ in length.
-    if data[0] == 0x45:  # the most common form by far: written out, without a helper call
-        if n < 40:
-            return None
-        vihl, tos, total, ip_id, frag, ttl, proto, seq, ack, offset_flags, window, urgent = (
-            _COMMON_V4.unpack_from(data))
-        end = 20 + (offset_flags >> 12) * 4
-        if proto != PROTO_TCP or end < 40 or n < end:
-            return None
-        ts = data.find(_TS_KIND, 40, end)
-        if ts < 0:
-            return ((tos, total, frag, ack, offset_flags, window, urgent, not ip_id, not seq,
-                     data[40:end]), ts, ttl, ip_id, None, None)
-        if ts + 10 > end:
-            return None
-        ts_val, ts_ecr = _TS_VALUES.unpack_from(data, ts + 2)
-        return ((tos, total, frag, ack, offset_flags, window, urgent, not ip_id, not seq,
-                 data[40:ts], data[ts + 10 : end], ts, not ts_val, not ts_ecr),
-                ts, ttl, ip_id, ts_val, ts_ecr)
     first = data[0]
-    if first >> 4 == 4:  # with IP options: their bytes join the key
+    if first >> 4 == 4:
         ihl = (first & 15) * 4
         if ihl < 24 or n < ihl + 20:
             return None
@@ -349,7 +330,7 @@ def _shape_key(data: bytes) -> tuple[object, int, int, int | None, int | None, i
 def _key_rest(
     data: bytes, header: tuple, options_at: int, end: int, ttl: int, ident: int
 ) -> tuple[object, int, int, int | None, int | None, int | None] | None:
-    """``_shape_key``'s answer for the less common forms, from the header part of the
+    """``_other_key``'s answer for the less common forms, from the header part of the
     key: the TCP option bytes with the timestamp values left out, and the varying values."""
     ts = data.find(_TS_KIND, options_at, end)
     if ts < 0:
@@ -365,27 +346,63 @@ def parse_syn(data: bytes | bytearray | memoryview) -> Fingerprint:
     """Read a SYN (IPv4 or IPv6 header, TCP header, options).  Raises ``MalformedSyn``."""
     if type(data) is not bytes:
         data = bytes(data)
-    if not data:
-        raise Truncated("IP header", 0, 1, 0)
-    found = _shape_key(data)
-    if found is not None:
-        key, ts, ttl, ident, ts_val, ts_ecr = found
+    n = len(data)
+    if n >= 40 and data[0] == 0x45:
+        # IPv4 without IP options, the most common form by far: its key is
+        # computed here, without a helper call.  It holds every header value
+        # that decides the fingerprint: all but TTL, IP ID, ports, addresses,
+        # sequence number, checksums and timestamp values, and whether IP ID,
+        # seq, TSval and TSecr are zero.
+        vihl, tos, total, ip_id, frag, ttl, proto, seq, ack, offset_flags, window, urgent = (
+            _COMMON_V4.unpack_from(data))
+        end = 20 + (offset_flags >> 12) * 4
+        if proto != PROTO_TCP or end < 40 or n < end:
+            return _parse_slow(data)[0]
+        ts = data.find(_TS_KIND, 40, end)
+        if ts < 0:
+            ts_val = ts_ecr = None
+            key: tuple = (tos, total, frag, ack, offset_flags, window, urgent, not ip_id, not seq,
+                          data[40:end])
+        elif ts + 10 <= end:
+            ts_val, ts_ecr = _TS_VALUES.unpack_from(data, ts + 2)
+            key = (tos, total, frag, ack, offset_flags, window, urgent, not ip_id, not seq,
+                   data[40:ts], data[ts + 10 : end], ts, not ts_val, not ts_ecr)
+        else:
+            return _parse_slow(data)[0]
         shape = _shapes.get(key)
         if shape is not None:
-            rest, version, tail = shape
-            if version == 4:
-                return tuple.__new__(Fingerprint, (
-                    data, ttl, ident, None, ts_val, ts_ecr, _ITTL[ttl], _HOPS[ttl],
-                    _P0F_HEAD4[ttl] + tail) + rest)
             return tuple.__new__(Fingerprint, (
-                data, ttl, None, ident, ts_val, ts_ecr, _ITTL[ttl], _HOPS[ttl],
-                _P0F_HEAD6[ttl] + tail) + rest)
+                data, ttl, ip_id, None, ts_val, ts_ecr, _ITTL[ttl], _HOPS[ttl],
+                _P0F_HEAD4[ttl] + shape[2]) + shape[0])
+        return _parse_and_remember(data, key, ts)
+    if not n:
+        raise Truncated("IP header", 0, 1, 0)
+    found = _other_key(data)
+    if found is None:
+        return _parse_slow(data)[0]
+    key, ts, ttl, ident, ts_val, ts_ecr = found
+    shape = _shapes.get(key)
+    if shape is None:
+        return _parse_and_remember(data, key, ts)
+    rest, version, tail = shape
+    if version == 4:
+        return tuple.__new__(Fingerprint, (
+            data, ttl, ident, None, ts_val, ts_ecr, _ITTL[ttl], _HOPS[ttl],
+            _P0F_HEAD4[ttl] + tail) + rest)
+    return tuple.__new__(Fingerprint, (
+        data, ttl, None, ident, ts_val, ts_ecr, _ITTL[ttl], _HOPS[ttl],
+        _P0F_HEAD6[ttl] + tail) + rest)
+
+
+def _parse_and_remember(data: bytes, key: object, ts: int) -> Fingerprint:
+    """The full parse of a common-form SYN whose shape is not cached yet; caches it
+    when the timestamp option the key left out is the one the full parse found."""
     fingerprint, ts_at = _parse_slow(data)
-    if found is not None and ts_at == found[1]:
+    if ts_at == ts:
         if len(_shapes) >= _SHAPES_LIMIT:
             _shapes.clear()
         tail = fingerprint.p0f.split(":", 2)[2]
-        _shapes[found[0]] = (fingerprint[_N_VARYING:], fingerprint.ip_version, tail)
+        _shapes[key] = (fingerprint[_N_VARYING:], fingerprint.ip_version, tail)
     return fingerprint
 
 

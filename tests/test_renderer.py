@@ -1,0 +1,82 @@
+"""``Renderer`` gives exactly the texts of ``render``, field by field.
+
+``fields.render`` is the plain definition: read the field, ``-`` for a value
+that does not exist, ``str`` otherwise.  ``Renderer`` is the batch form that
+the log writer, ``decode --fields`` and the decode benchmark use; it takes
+shortcuts (ready-made shape texts, a table of TTL, ITTL and hops texts, one
+``itemgetter`` for the order).  These tests require both to agree for any
+list of fields (any order, repeats allowed, members and non-members mixed)
+on every fixture SYN, with and without TCP_INFO and the other connection
+values, and when there is no Fingerprint at all.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tcpfp_cli.fields import FIELDS, Observation, Renderer, render
+from tcpfp_cli.sigdb import Match
+from tcpfp_cli.syn import parse_syn
+from tcpfp_cli.tcpinfo import TcpInfo
+
+FIXTURES = sorted((Path(__file__).parent / "fixtures" / "syn").glob("*.json"))
+GOOD = [bytes.fromhex(c["hex"]) for c in (json.loads(p.read_text()) for p in FIXTURES) if "expected" in c]
+MEMBERS = [f for f in FIELDS if f.member is not None]
+
+# A TCP_INFO of the oldest layout (104 bytes) with rtt 23456 us at offset 68.
+INFO = TcpInfo(bytes(68) + (23456).to_bytes(4, "little") + bytes(32))
+
+
+def observations(data: bytes) -> list[Observation]:
+    fp = parse_syn(data)
+    return [
+        Observation(fp, data),
+        Observation(fp, data, INFO, INFO, 1_700_000_000_123_456,
+                    Match("s:unix:Linux:3.11 and newer", "exact", None, 1)),
+        Observation(None, data),  # a SYN that could not be parsed: only its hex
+        Observation(),
+    ]
+
+
+def expected(fields, obs: Observation) -> tuple[str, ...]:
+    return tuple(render(f, obs) for f in fields)
+
+
+def test_every_field_in_table_order_on_every_fixture():
+    renderer = Renderer(FIELDS)
+    for data in GOOD:
+        for obs in observations(data):
+            assert renderer.texts(obs) == expected(FIELDS, obs)
+
+
+def test_member_fields_from_the_fingerprint_alone():
+    renderer = Renderer(MEMBERS)
+    for data in GOOD:
+        fp = parse_syn(data)
+        assert renderer.fingerprint_texts(fp) == expected(MEMBERS, Observation(fp, data))
+
+
+def test_ttl_family_texts_follow_the_ttl():
+    ttl, ittl, hops = (next(f for f in FIELDS if f.member == m) for m in ("ttl", "ittl", "hops"))
+    renderer = Renderer([hops, ttl, ittl])
+    for data in GOOD:
+        fp = parse_syn(data)
+        assert renderer.fingerprint_texts(fp) == (str(fp.ittl - fp.ttl), str(fp.ttl), str(fp.ittl))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(FIELDS), max_size=40), st.sampled_from(GOOD), st.integers(0, 3))
+def test_any_list_of_fields(fields, data, which):
+    obs = observations(data)[which]
+    assert Renderer(fields).texts(obs) == expected(fields, obs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(MEMBERS), min_size=1, max_size=30), st.sampled_from(GOOD))
+def test_any_list_of_member_fields(fields, data):
+    fp = parse_syn(data)
+    assert Renderer(fields).fingerprint_texts(fp) == expected(fields, Observation(fp, data))
