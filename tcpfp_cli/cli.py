@@ -207,7 +207,7 @@ def report(
         "--min-count", metavar="N", help="Hide clusters and campaigns with fewer than N requests.")] = 1,
     by: Annotated[Optional[str], typer.Option(
         "--by", metavar="FIELD,...", help="Cluster fingerprints by these fields instead of the default key.")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="Threads that parse blocks of large inputs.")] = 2,
+    workers: Annotated[int, typer.Option("--workers", help="Processes that read a large file (ranges of lines); threads for stdin and gzip.")] = 2,
     signatures: SignaturesOption = None,
     p0f_db: P0fDbOption = None,
     no_p0f_db: NoP0fDbOption = False,

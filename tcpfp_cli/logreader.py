@@ -27,6 +27,14 @@ block:
    one: a good line joins the frame, a bad one is counted as malformed with
    the parser's reason.
 
+Several cores.  ``report`` cuts a large regular file into ranges of whole lines
+(``line_ranges``) and forks worker processes that each read ranges
+(``LogReader.range_frames``) and aggregate them; the parent adds up their counts
+in file order (``LogReader.add_range``), so line numbers are those of the file.
+Processes, because the tokenizer and numpy hold the GIL for much of a block:
+threads overlapped only partly.  A stream (stdin, gzip) cannot be cut into
+ranges; ``LogReader.frames`` reads it here, with ``workers`` threads.
+
 A format whose tokens the C tokenizer cannot cut apart (two directives in one
 token, such as ``%U%q``, or quotes around more than one directive) is read
 by ``LogFormat.parse`` alone: slower, and exactly as correct.
@@ -69,6 +77,7 @@ __all__ = [
     "UnreadableInput",
     "detect_format",
     "int_columns",
+    "line_ranges",
     "open_input",
     "read_dataframe",
 ]
@@ -475,9 +484,10 @@ class _Parser:
 class LogReader:
     """Reads logs of one format into DataFrames, block by block, counting what it meets.
 
-    ``workers`` > 1 parses blocks in that many threads (the order of the frames is
-    kept; pandas' tokenizer and numpy release the GIL); an input smaller than two
-    blocks is parsed in the calling thread.
+    ``workers`` > 1 parses the blocks of a stream in that many threads (the order of
+    the frames is kept; pandas' tokenizer and numpy release the GIL for part of their
+    work); an input smaller than two blocks is parsed in the calling thread.  Ranges of
+    a file read in other processes: ``range_frames`` there, ``add_range`` here.
     """
 
     def __init__(self, fmt: LogFormat, columns: Iterable[str] | None = None, *,
@@ -520,6 +530,37 @@ class LogReader:
                 continue
             rest = data[cut + 1:]
             yield data[: cut + 1], done
+
+    def range_frames(self, path: str, source: str, start: int, end: int) -> Iterator[pd.DataFrame]:
+        """Like ``frames``, for the lines of the file ``path`` between the offsets ``start`` and ``end``.
+
+        ``start`` and ``end`` are line starts (``line_ranges``); the ``line`` column and
+        the examples count from the first line of the range, which is line 1.
+        """
+        try:
+            stream = open(path, "rb")  # noqa: SIM115 - closed below
+        except OSError as error:
+            raise UnreadableInput(f"{source}: {error.strerror or error}") from None
+        with stream:
+            stream.seek(start)
+            yield from self._collect(((self._parser.block(b), done) for b, done in
+                                      self._blocks(_Window(stream, end - start), source)), source)
+
+    def add_range(self, counts: ReadStats, source: str, base: int, done: int) -> None:
+        """Count a range read elsewhere (``range_frames`` with its own stats) that follows ``base`` lines of its file.
+
+        ``done`` is the offset where the range ends, for the progress callback.
+        """
+        stats = self.stats
+        for example in counts.examples:
+            if len(stats.examples) < stats.max_examples:
+                stats.examples.append(MalformedLine(source, base + example.line, example.reason))
+        stats.lines += counts.lines
+        stats.parsed += counts.parsed
+        stats.malformed += counts.malformed
+        stats.skipped += counts.skipped
+        if self.progress is not None:
+            self.progress(done, stats.lines)
 
     def frames(self, stream: BinaryIO, source: str) -> Iterator[pd.DataFrame]:
         """DataFrames of the parsed lines of ``stream``, in order, one per block of lines."""
@@ -573,6 +614,53 @@ class LogReader:
                 self.progress(done, stats.lines)
             if frame is not None:
                 yield frame
+
+
+class _Window:
+    """At most ``size`` bytes of a binary stream, read from where it stands."""
+
+    def __init__(self, stream: BinaryIO, size: int) -> None:
+        self.stream = stream
+        self.left = size
+
+    def read(self, n: int) -> bytes:
+        data = self.stream.read(min(n, self.left)) if self.left > 0 else b""
+        self.left -= len(data)
+        return data
+
+
+def line_ranges(path: str, size: int, parts: int) -> list[tuple[int, int]]:
+    """``path`` (``size`` bytes) cut into about ``parts`` ranges of whole lines: (start, end) offsets.
+
+    Each cut is moved forward to the start of the next line, so a range holds the
+    lines that start inside it; a range left empty by a very long line is dropped.
+    """
+    cuts = [0]
+    try:
+        with open(path, "rb") as stream:
+            for k in range(1, parts):
+                at = max(size * k // parts, cuts[-1] + 1)
+                if at >= size:
+                    break
+                stream.seek(at - 1)  # a cut right after a newline is a line start already
+                while True:
+                    piece = stream.read(1 << 16)
+                    if not piece:
+                        at = size
+                        break
+                    newline = piece.find(b"\n")
+                    if newline >= 0:
+                        at += newline
+                        break
+                    at += len(piece)
+                if at >= size:
+                    break
+                if at > cuts[-1]:
+                    cuts.append(at)
+    except OSError as error:
+        raise UnreadableInput(f"{path}: {error.strerror or error}") from None
+    cuts.append(size)
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
 def _select_lines(buf: bytes, starts: np.ndarray, ends: np.ndarray, mask: np.ndarray) -> bytes:

