@@ -289,7 +289,8 @@ class Connection(asyncio.Protocol):
     """One client connection: fingerprint at accept, then requests until close."""
 
     __slots__ = (
-        "server", "transport", "obs", "remote", "local", "buffer", "requests", "timer",
+        "server", "transport", "obs", "remote", "local", "buffer", "requests", "timer", "deadline",
+        "fd", "family",
         "started", "busy", "closing", "head", "body_left", "body", "wants_now", "blank_lines",
         "half_closed",
     )
@@ -299,6 +300,7 @@ class Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.requests = 0
         self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # loop time when the current request or keep-alive wait times out
         self.busy = False  # a request is being answered (CGI)
         self.closing = False
         self.blank_lines = False  # empty lines arrived, and no request after them yet
@@ -314,8 +316,12 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         accept_us = time.time_ns() // 1000
         sock = transport.get_extra_info("socket")
-        raw_syn = kernel.read_saved_syn(sock) if server.config.saved_syn else None
-        raw_info = kernel.read_tcp_info(sock) if server.config.tcp_info else None
+        self.fd, self.family = sock.fileno(), sock.family
+        config = server.config
+        if config.saved_syn or config.tcp_info:
+            raw_syn, raw_info = kernel.read_at_accept(self.fd, self.family, config.saved_syn, config.tcp_info)
+        else:
+            raw_syn = raw_info = None
         fingerprint = None
         if raw_syn is not None:
             try:
@@ -386,12 +392,28 @@ class Connection(asyncio.Protocol):
 
     # -- request handling --------------------------------------------------
     def _arm(self, delay: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = asyncio.get_running_loop().call_later(delay, self._timeout)
+        """Time the connection out ``delay`` seconds from now.
+
+        One timer per connection, not one per request: a timer that fires before
+        the deadline (which later requests moved on) sets itself again for it.  Only
+        a deadline earlier than the timer's replaces the timer.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        self.deadline = deadline
+        timer = self.timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self.timer = loop.call_at(deadline, self._timeout)
 
     def _timeout(self) -> None:
         self.timer = None
+        loop = asyncio.get_running_loop()
+        if self.deadline > loop.time():  # requests since the timer was set moved the deadline on
+            self.timer = loop.call_at(self.deadline, self._timeout)
+            return
         self._log_unfinished(408)
         self.closing = True
         self.transport.close()
@@ -505,7 +527,7 @@ class Connection(asyncio.Protocol):
         server = self.server
         if server.wants_now and server.config.tcp_info and not self.transport.is_closing():
             try:
-                raw = kernel.read_tcp_info(self.transport.get_extra_info("socket"))
+                raw = kernel.read_tcp_info_of(self.fd, self.family)
             except (OSError, ValueError):  # the socket is already gone
                 raw = None
             if raw:
