@@ -69,14 +69,25 @@ class Served:
         return self.process.returncode
 
     def lines(self, count: int | None = None, timeout: float = 5.0) -> list[str]:
-        """The log's lines, waiting (bounded) until there are at least ``count``."""
+        """The log's lines, waiting (bounded) until there are at least ``count``.
+
+        Without ``count``: once the log has not changed for 30 ms.  The server
+        holds lines for up to 5 ms before it writes them, so the lines of requests
+        already answered are then in the file.
+        """
         deadline = time.monotonic() + timeout
+        last, quiet_since = None, time.monotonic()
         while True:
             text = self.log.read_text(encoding="utf-8", errors="surrogateescape") if self.log.exists() else ""
             lines = text.splitlines()
-            if count is None or len(lines) >= count or time.monotonic() > deadline:
+            now = time.monotonic()
+            if text != last:
+                last, quiet_since = text, now
+            if count is None and now - quiet_since >= 0.03:
                 return lines
-            time.sleep(0.02)
+            if count is not None and len(lines) >= count or now > deadline:
+                return lines
+            time.sleep(0.01)
 
     def records(self, count: int | None = None) -> list[dict]:
         return [self.log_format.parse(line) for line in self.lines(count)]
