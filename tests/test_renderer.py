@@ -80,3 +80,21 @@ def test_any_list_of_fields(fields, data, which):
 def test_any_list_of_member_fields(fields, data):
     fp = parse_syn(data)
     assert Renderer(fields).fingerprint_texts(fp) == expected(fields, Observation(fp, data))
+
+
+INFO_FIELDS = [f for f in FIELDS if f.source in ("tcp_info", "tcp_info_now") and f.scalar]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(INFO_FIELDS), min_size=1, max_size=12),
+       st.binary(min_size=0, max_size=300), st.binary(min_size=0, max_size=300))
+def test_fields_of_tcp_info_readings_of_any_length(fields, at_accept, now):
+    """The fields read from TCP_INFO, alone or mixed, from readings of any length
+    (a reading too short for some of them gives - for those)."""
+    obs = Observation(None, None, TcpInfo(at_accept), TcpInfo(now), None)
+    assert Renderer(fields).texts(obs) == expected(fields, obs)
+    for source in ("tcp_info", "tcp_info_now"):
+        same = [f for f in fields if f.source == source]
+        if same:
+            assert Renderer(same).texts(obs) == expected(same, obs)
+    assert Renderer(fields).texts(Observation()) == expected(fields, Observation())
