@@ -1,0 +1,92 @@
+"""The request-head parser: its shortcut for clean header sections changes no answer.
+
+``parse_head`` checks each header line for folding, a name that is not a
+token and control bytes in the value.  When one regular expression has
+already matched the whole header section as clean lines, it skips those
+checks.  These tests feed heads built from clean, folded, malformed and
+hostile lines and require the same ``RequestHead`` or the same
+``BadRequest`` (status, reason, logged request line) with the shortcut as
+without it.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tcpfp_cli import httpwire
+from tcpfp_cli.httpwire import BadRequest, parse_head
+
+NEVER = re.compile(rb"(?!)")  # matches nothing: every line takes the full checks
+
+FIELD_LINES = [
+    b"Host: example.com", b"Host: [2001:db8::1]:8080", b"Host: bad host", b"host: a", b"HOST: b",
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64)", b"Accept: */*", b"Connection: close",
+    b"Connection: keep-alive", b"Content-Length: 0", b"Content-Length: 12", b"Content-Length: x1",
+    b"Transfer-Encoding: chunked", b"X-Tab:\tvalue\t", b"X-Empty:", b"X-Spaces:    ", b"X-Dup: 1", b"X-Dup: 2",
+    b" folded continuation", b"\tfolded with tab", b"Bad Name: x", b": no name", b"NoColon",
+    b"X-Ctl: a\x01b", b"X-Del: a\x7fb", b"X-CR: a\rb", b"X-High: caf\xc3\xa9", b"X-Quote: \"q\"",
+    b"@: at", b"X-A:" + b"a" * 300,
+]
+REQUEST_LINES = [b"GET / HTTP/1.1", b"GET /p?q=1 HTTP/1.0", b"POST /x HTTP/1.1", b"OPTIONS * HTTP/1.1"]
+
+
+def outcome(head: bytes, limits: httpwire.Limits):
+    try:
+        return parse_head(head, limits)
+    except BadRequest as error:
+        return (error.status, error.reason, error.request_line)
+
+
+def both(head: bytes, limits: httpwire.Limits = httpwire.Limits()):
+    fast = outcome(head, limits)
+    saved = httpwire._CLEAN_FIELDS
+    httpwire._CLEAN_FIELDS = NEVER
+    try:
+        slow = outcome(head, limits)
+    finally:
+        httpwire._CLEAN_FIELDS = saved
+    return fast, slow
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.sampled_from(REQUEST_LINES), st.lists(st.sampled_from(FIELD_LINES), max_size=8),
+       st.sampled_from([b"\r\n", b"\n"]), st.booleans())
+def test_shortcut_gives_the_same_answer(request_line, fields, eol, mixed):
+    lines = [request_line, *fields]
+    ends = [eol if not mixed or k % 2 else b"\n" for k in range(len(lines))]
+    head = b"".join(line + end for line, end in zip(lines, ends)) + eol  # the empty line ends the head
+    fast, slow = both(head)
+    assert fast == slow
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=120))
+def test_shortcut_on_arbitrary_field_bytes(junk):
+    head = b"GET / HTTP/1.1\r\nHost: x\r\n" + junk.replace(b"\n", b"\r\n") + b"\r\n\r\n"
+    fast, slow = both(head)
+    assert fast == slow
+
+
+@pytest.mark.parametrize("limits", [httpwire.Limits(max_line=40, max_headers=3), httpwire.Limits()])
+def test_limits_still_apply_to_clean_heads(limits):
+    head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: %s\r\n" % (k, b"v" * 30) for k in range(5)) + b"\r\n"
+    assert httpwire._CLEAN_FIELDS.fullmatch(head, head.index(b"\n") + 1)
+    fast, slow = both(head, limits)
+    assert fast == slow
+    if limits.max_headers == 3:
+        assert fast[:2] == (400, "too many header fields")
+
+
+def test_clean_browser_head_is_parsed():
+    head = (b"GET /index.html?q=1 HTTP/1.1\r\nHost: www.example.com\r\nUser-Agent: Mozilla/5.0\r\n"
+            b"Accept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\nX-Dup: 1\r\nX-Dup: 2\r\n\r\n")
+    assert httpwire._CLEAN_FIELDS.fullmatch(head, head.index(b"\n") + 1)  # the shortcut is taken
+    parsed = parse_head(head)
+    assert parsed.headers == {"host": b"www.example.com", "user-agent": b"Mozilla/5.0",
+                              "accept-encoding": b"gzip, deflate", "connection": b"keep-alive",
+                              "x-dup": b"1, 2"}
+    assert parsed.keep_alive and parsed.path == b"/index.html" and parsed.query == b"?q=1"
