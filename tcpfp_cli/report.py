@@ -40,18 +40,20 @@ from __future__ import annotations
 
 import csv
 import ctypes
+import fcntl
 import gc
 import gzip
 import json
 import math
-import multiprocessing
 import os
+import pickle
+import signal
 import stat
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -859,7 +861,7 @@ def _in_processes(path: str, stream: Any, size: int | None, reader: LogReader, w
     """
     if workers <= 1 or path == "-" or size is None or not reader.fast or isinstance(stream, gzip.GzipFile):
         return False
-    if size < 2 * reader.chunk_bytes or "fork" not in multiprocessing.get_all_start_methods():
+    if size < 2 * reader.chunk_bytes or not hasattr(os, "fork"):
         return False
     try:
         return stat.S_ISREG(os.stat(path).st_mode)
@@ -899,32 +901,99 @@ def _aggregate_in_processes(reader: LogReader, agg: _Aggregator, path: str, labe
     """Read ``path`` in ranges of whole lines, each parsed and aggregated by one of ``workers`` processes.
 
     The processes are forked after the imports, so they start at once and share the
-    parent's pages.  Each returns a small partial aggregate with values, not ids, per
-    range; this process merges them in the order of the ranges (so line numbers and
-    ties come out as when reading here).  A worker keeps the classification of the
-    request lines it has met, so a line repeated across ranges is classified at most
-    once per worker.  Each worker holds one block of lines at a time.
+    parent's pages.  Worker k reads ranges k, k + n, k + 2n, ... and writes, per range,
+    a small partial aggregate with values, not ids, to its own pipe; this process
+    merges them in the order of the ranges (so line numbers and ties come out as when
+    reading here).  A worker keeps the classification of the request lines it has met,
+    so a line repeated across ranges is classified at most once per worker.  Each
+    worker holds one block of lines at a time.
+
+    Plain ``fork`` and pipes rather than ``multiprocessing.Pool``: the workers ignore
+    SIGINT, and on Ctrl-C or any error here they are killed by PID and reaped before
+    the exception goes on, so nothing hangs (a Pool whose worker dies while writing a
+    result can wait forever) and no worker outlives the command.
     """
     parts = max(workers * RANGES_PER_WORKER, -(-size // RANGE_BYTES_MAX))
     parts = max(1, min(parts, size // reader.chunk_bytes))
     ranges = line_ranges(path, size, parts)
+    tasks = [(path, label, start, end) for start, end in ranges]
     worker = LogReader(reader.format, reader.columns, chunk_bytes=reader.chunk_bytes,
                        max_examples=reader.stats.max_examples)
     _WORKER.update(reader=worker, plan=agg.plan, matcher=agg.matcher, classes={})
+    count = min(workers, len(tasks))
+    children: list[tuple[int, BinaryIO]] = []
     # The collector of a worker then leaves the inherited objects alone (and their pages shared).
     gc.freeze()
     try:
-        with multiprocessing.get_context("fork").Pool(min(workers, len(ranges)), _start_worker) as pool:
-            gc.unfreeze()
-            tasks = [(path, label, start, end) for start, end in ranges]
-            base = 0
-            for (_, end), (part, counts) in zip(ranges, pool.imap(_aggregate_range, tasks)):
-                agg.merge(part)
-                reader.add_range(counts, label, base, end)
-                base += counts.lines
+        for k in range(count):
+            read_end, write_end = os.pipe()
+            _widen_pipe(write_end)
+            pid = os.fork()
+            if pid == 0:
+                os.close(read_end)
+                _worker_main(write_end, tasks[k::count], k)  # never returns
+            os.close(write_end)
+            children.append((pid, os.fdopen(read_end, "rb")))
+        gc.unfreeze()
+        base = 0
+        for i, (_, end) in enumerate(ranges):
+            pid, stream = children[i % count]
+            part, counts = _receive(stream, pid)
+            agg.merge(part)
+            reader.add_range(counts, label, base, end)
+            base += counts.lines
     finally:
         gc.unfreeze()
         _WORKER.clear()
+        for pid, stream in children:
+            try:
+                os.kill(pid, signal.SIGKILL)  # done already, or no longer wanted
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+            stream.close()
+
+
+def _widen_pipe(fd: int) -> None:
+    """Let a worker write a whole partial aggregate without waiting (Linux: up to 1 MiB)."""
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except OSError:
+        pass  # the default size only means a worker may wait for this process to read
+
+
+def _worker_main(fd: int, tasks: list[tuple[str, str, int, int]], k: int) -> None:
+    """A worker process: aggregate ``tasks`` in order, one pickled result each, then exit."""
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which then ends us
+        _start_worker()
+        with os.fdopen(fd, "wb") as out:
+            for task in tasks:
+                try:
+                    result: tuple[str, object] = ("ok", _aggregate_range(task))
+                except TcpfpError as error:
+                    result, code = ("error", error), 1
+                pickle.dump(result, out, protocol=pickle.HIGHEST_PROTOCOL)
+                out.flush()
+                if code:
+                    break
+    except BaseException:  # noqa: BLE001 - a worker must never return into the parent's code
+        code = 2
+    finally:
+        os._exit(code)
+
+
+def _receive(stream: BinaryIO, pid: int) -> tuple[dict[str, Any], ReadStats]:
+    """The next result of worker ``pid``; its error raised here, or ReportError if it died."""
+    try:
+        kind, value = pickle.load(stream)
+    except (EOFError, pickle.UnpicklingError, ValueError) as error:
+        raise ReportError(f"a worker process (PID {pid}) ended without its result "
+                          f"({error or 'no data'}); --workers 1 reads the file in one process") from None
+    if kind == "error":
+        raise value  # a TcpfpError of the worker, such as an unreadable file
+    return value  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- entry point

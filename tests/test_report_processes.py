@@ -10,7 +10,12 @@ with the single-process one.
 from __future__ import annotations
 
 import gzip
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -157,3 +162,70 @@ def test_line_ranges_cover_the_file_at_line_starts(tmp_path, parts):
     assert all(prev[1] == nxt[0] for prev, nxt in zip(ranges, ranges[1:]))
     assert all(data[a - 1:a] == b"\n" for a, _ in ranges[1:])
     assert len(ranges) <= parts
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def test_an_error_in_a_worker_is_the_commands_error(tmp_path, monkeypatch):
+    """A worker that cannot read its range: its TcpfpError reaches the caller, once."""
+    log = tmp_path / "access.log"
+    _write_log(log, OS_FORMAT, 2000, seed=4)
+
+    def unreadable(task):
+        raise reporting.UnreadableInput(f"{task[1]}: cannot read: test")
+
+    monkeypatch.setattr(reporting, "_aggregate_range", unreadable)
+    with pytest.raises(reporting.UnreadableInput, match="cannot read: test"):
+        _report([log], OS_FORMAT, workers=2, chunk_bytes=4096)
+    assert _children(os.getpid()) == []  # reaped
+
+
+def test_a_worker_that_dies_gives_an_error_not_a_hang(tmp_path, monkeypatch):
+    log = tmp_path / "access.log"
+    _write_log(log, OS_FORMAT, 2000, seed=5)
+    monkeypatch.setattr(reporting, "_aggregate_range", lambda task: os.kill(os.getpid(), signal.SIGKILL))
+    started = time.monotonic()
+    with pytest.raises(reporting.ReportError, match="ended without its result"):
+        _report([log], OS_FORMAT, workers=2, chunk_bytes=4096)
+    assert time.monotonic() - started < 10
+    assert _children(os.getpid()) == []
+
+
+@pytest.mark.parametrize("to_group", [True, False], ids=["terminal", "kill"])
+def test_ctrl_c_stops_the_command_and_its_workers(tmp_path, to_group):
+    """SIGINT while workers read a large file, to the whole process group (as a terminal
+    sends it) or to the command alone (kill -INT): the command exits soon, without a
+    traceback, and no worker is left."""
+    log = tmp_path / "big.log"
+    line = b'192.0.2.9 - - [25/Nov/2026:10:00:00 +0000] "GET /index.html?id=%d HTTP/1.1" 200 2\n'
+    with open(log, "wb") as out:  # ~90 MB: well above two 8 MB blocks, a second or more to read
+        for k in range(1100):
+            out.write(b"".join(line % (k * 1000 + j) for j in range(1000)))
+    command = subprocess.Popen([sys.executable, "-m", "tcpfp_cli", "report", "--format", "common", str(log)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        workers: list[int] = []
+        while time.monotonic() < deadline and command.poll() is None and len(workers) < 2:
+            workers = _children(command.pid)
+            time.sleep(0.01)
+        assert len(workers) == 2, "the workers did not start"
+        if to_group:
+            os.killpg(command.pid, signal.SIGINT)
+        else:
+            os.kill(command.pid, signal.SIGINT)
+        _, err = command.communicate(timeout=15)
+    finally:
+        if command.poll() is None:
+            os.killpg(command.pid, signal.SIGKILL)
+            command.wait()
+    assert command.returncode != 0
+    assert b"Traceback" not in err
+    for pid in workers:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
