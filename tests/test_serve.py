@@ -378,30 +378,30 @@ def test_keepalive_timeout_follows_each_request_and_idle_connections_close(tmp_p
     closes after --keepalive-timeout even though --request-timeout is longer, and
     a head that never completes is cut off after --request-timeout."""
     port = free_port()
-    server = Served(tmp_path, "--listen", f"127.0.0.1:{port}", "--request-timeout", "3",
-                    "--keepalive-timeout", "1", port=port, log_format='%>s "%r" %k')
+    server = Served(tmp_path, "--listen", f"127.0.0.1:{port}", "--request-timeout", "2",
+                    "--keepalive-timeout", "0.5", port=port, log_format='%>s "%r" %k')
     try:
         request = b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n"
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             start = time.monotonic()
-            for _ in range(5):  # 5 requests 0.6 s apart: 2.4 s, more than two keep-alive timeouts
+            for _ in range(5):  # 5 requests 0.35 s apart: 1.75 s, more than three keep-alive timeouts
                 s.sendall(request)
                 answer = s.recv(4096)
                 assert answer.startswith(b"HTTP/1.1 200 "), answer
-                time.sleep(0.6)
-            assert time.monotonic() - start > 2.4
+                time.sleep(0.35)
+            assert time.monotonic() - start > 1.75
             s.sendall(request)
             last = time.monotonic()
             answer, closed = _read_until_closed(s, 5)
             assert answer.startswith(b"HTTP/1.1 200 ")
-            # Closed by the 1 s keep-alive timeout, not the 3 s request timeout.
-            assert 0.8 < closed - last < 2.5, closed - last
+            # Closed by the 0.5 s keep-alive timeout, not the 2 s request timeout.
+            assert 0.4 < closed - last < 1.6, closed - last
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.sendall(b"GET /stalls HTTP/1.1\r\n")  # never finished: the request timeout applies
             start = time.monotonic()
             answer, closed = _read_until_closed(s, 6)
             assert answer.startswith(b"HTTP/1.1 408 ")
-            assert 2.5 < closed - start < 5, closed - start
+            assert 1.8 < closed - start < 4, closed - start
         records = server.records(7)
         assert [(r["status"], r["request"]) for r in records] == (
             [("200", "GET /again HTTP/1.1")] * 6 + [("408", "GET /stalls HTTP/1.1")])
