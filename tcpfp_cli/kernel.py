@@ -75,7 +75,10 @@ def read_at_accept(fd: int, family: int, saved_syn: bool, tcp_info: bool) -> tup
 
     ``fd`` stays open and owned by its caller.
     """
-    sock = _socket.socket(family, socket.SOCK_STREAM, 0, fd)
+    try:
+        sock = _socket.socket(family, socket.SOCK_STREAM, 0, fd)
+    except OSError:
+        return None, None
     try:
         return (read_saved_syn(sock) if saved_syn else None, read_tcp_info(sock) if tcp_info else None)
     finally:

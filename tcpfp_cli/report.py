@@ -974,6 +974,9 @@ def _worker_main(fd: int, tasks: list[tuple[str, str, int, int]], k: int) -> Non
                     result: tuple[str, object] = ("ok", _aggregate_range(task))
                 except TcpfpError as error:
                     result, code = ("error", error), 1
+                except Exception as error:  # noqa: BLE001 - a bug: say what it was, in the parent
+                    result, code = ("error", ReportError(
+                        f"a worker process failed on {task[1]}: {type(error).__name__}: {error}")), 1
                 pickle.dump(result, out, protocol=pickle.HIGHEST_PROTOCOL)
                 out.flush()
                 if code:

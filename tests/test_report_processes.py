@@ -229,3 +229,16 @@ def test_ctrl_c_stops_the_command_and_its_workers(tmp_path, to_group):
     assert b"Traceback" not in err
     for pid in workers:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_a_bug_in_a_worker_is_named_in_one_error(tmp_path, monkeypatch):
+    log = tmp_path / "access.log"
+    _write_log(log, OS_FORMAT, 2000, seed=6)
+
+    def broken(task):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(reporting, "_aggregate_range", broken)
+    with pytest.raises(reporting.ReportError, match="worker process failed on .*KeyError: 'surprise'"):
+        _report([log], OS_FORMAT, workers=2, chunk_bytes=4096)
+    assert _children(os.getpid()) == []
