@@ -15,8 +15,10 @@ Nothing is lost: every request that reached us gets exactly one log line,
 including junk, TLS handshakes, HTTP/0.9 lines, oversize heads and requests
 cut off by a timeout or by the client closing.  Lines are whole strings
 written by the one event-loop thread, so they never interleave; they are
-buffered for at most 5 ms (``FLUSH_DELAY``), so that a busy server writes many
-lines with one ``write``, and flushed on exit and on SIGHUP.
+written at the end of the event-loop turn that made them, or, when the
+server is busy (its last write less than ``FLUSH_DELAY``, 5 ms, ago), up to
+5 ms later together with the lines of that time, and flushed on exit and on
+SIGHUP.
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ REASONS = {
 #: The status logged for a connection a ``close`` rule dropped unanswered (nginx's 444).
 DROPPED = 444
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
-#: How long a log line may wait in memory, so that a busy server writes many lines per
-#: ``write`` call; SIGTERM, SIGINT and SIGHUP flush at once.
+#: A busy server writes its log at most once per FLUSH_DELAY, many lines per ``write``;
+#: a quiet one writes each line at once.  SIGTERM, SIGINT and SIGHUP flush at once.
 FLUSH_DELAY = 0.005
 
 
@@ -177,7 +179,7 @@ def drop_privileges(user: str) -> None:
 
 
 class AccessLog:
-    """Whole lines, buffered for at most ``FLUSH_DELAY``, flushed on exit; SIGHUP reopens.
+    """Whole lines, at most one write per ``FLUSH_DELAY`` when busy, flushed on exit; SIGHUP reopens.
 
     Each flush is one ``write`` to a file opened with O_APPEND, which Linux
     never interleaves with another process's write to the same file, so
@@ -192,6 +194,7 @@ class AccessLog:
         self.stream: IO[bytes] = self._open()
         self.pending: list[str] = []
         self.lines = 0
+        self.written = 0.0  # time.monotonic() of the last write
 
     def _open(self) -> IO[bytes]:
         if self.path is None:
@@ -203,12 +206,20 @@ class AccessLog:
 
     def write(self, line: str) -> None:
         if not self.pending:
-            asyncio.get_running_loop().call_later(FLUSH_DELAY, self.flush)
+            # A quiet server writes the line at the end of this loop turn; a busy one
+            # (a write less than FLUSH_DELAY ago) collects lines until FLUSH_DELAY has passed.
+            wait = self.written + FLUSH_DELAY - time.monotonic()
+            loop = asyncio.get_running_loop()
+            if wait <= 0:
+                loop.call_soon(self.flush)
+            else:
+                loop.call_later(wait, self.flush)
         self.pending.append(line)
 
     def flush(self) -> None:
         if not self.pending:
             return
+        self.written = time.monotonic()
         data = ("\n".join(self.pending) + "\n").encode("utf-8", "surrogateescape")
         self.lines += len(self.pending)
         self.pending.clear()

@@ -8,6 +8,7 @@ TCP_MAXSEG and SO_RCVBUF on the client before connect and compare.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import pytest
 
 from servehelp import Served, exchange, free_port, pid_alive
 from conftest import need_root, need_tool
+from tcpfp_cli import server as serving
 from tcpfp_cli.fields import FIELDS
 from tcpfp_cli.hextext import parse_hex
 from tcpfp_cli.syn import parse_syn
@@ -407,3 +409,29 @@ def test_keepalive_timeout_follows_each_request_and_idle_connections_close(tmp_p
             [("200", "GET /again HTTP/1.1")] * 6 + [("408", "GET /stalls HTTP/1.1")])
     finally:
         server.stop()
+
+
+def test_access_log_writes_at_once_when_quiet_and_in_batches_when_busy(tmp_path, monkeypatch):
+    """A quiet server's line is in the file at the end of the loop turn that made it;
+    lines that follow within FLUSH_DELAY wait and go out together; close() writes
+    whatever waits."""
+    monkeypatch.setattr(serving, "FLUSH_DELAY", 1.0)  # long, so "not yet" cannot race the clock
+    path = tmp_path / "access.log"
+    log = serving.AccessLog(str(path))
+
+    async def scenario() -> list[list[str]]:
+        seen = []
+        log.write("first")
+        await asyncio.sleep(0)  # one loop turn
+        await asyncio.sleep(0)
+        seen.append(path.read_text().splitlines())
+        log.write("second")
+        log.write("third")
+        await asyncio.sleep(0.05)
+        seen.append(path.read_text().splitlines())  # busy: held back
+        log.close()
+        seen.append(path.read_text().splitlines())
+        return seen
+
+    assert asyncio.run(scenario()) == [["first"], ["first"], ["first", "second", "third"]]
+    assert log.lines == 3
