@@ -112,8 +112,9 @@ def _option_quirks(walk: OptionWalk | P0fWalk, plain_syn: bool) -> int:
     return quirks
 
 
-def _parse_slow(data: bytes) -> tuple[Fingerprint, int]:
-    """Read any SYN front to back; also returns where its timestamp option starts (-1: none)."""
+def _parse_slow(data: bytes) -> tuple[Fingerprint, int | None]:
+    """Read any SYN front to back; also returns where its timestamp option starts (-1: none;
+    None: the shape must not be cached)."""
     n = len(data)
     if n == 0:
         raise Truncated("IP header", 0, 1, 0)
@@ -246,8 +247,12 @@ def _parse_slow(data: bytes) -> tuple[Fingerprint, int]:
         data, ttl, ip_id, flow_label, walk.ts_val, walk.ts_ecr, ittl, ittl - ttl, p0f,
         *shape, shape_texts,
     )
-    ts_at = -1 if walk.ts_at < 0 else at + 20 + walk.ts_at
-    return fingerprint, ts_at
+    # Where the one timestamp option starts (-1: none).  None says "do not cache this
+    # shape": more than one timestamp option, or p0f's walk reads the options in another
+    # way, which may depend on the timestamp bytes the cache key leaves out.
+    if not walk.p0f_agrees or walk.ts_at == -2:
+        return fingerprint, None
+    return fingerprint, -1 if walk.ts_at < 0 else at + 20 + walk.ts_at
 
 
 # --------------------------------------------------------------------------- the fast path
@@ -322,7 +327,9 @@ def _other_key(data: bytes) -> tuple[object, int, int, int | None, int | None, i
         if end < 60 or n < end:
             return None
         flow = (data[1] & 15) << 16 | data[2] << 8 | data[3]
-        header = (first, data[1] & 0xF0, data[4:6], data[48:56], not flow, data[44:48] == b"\0\0\0\0")
+        # Traffic class, payload length, ack, offset/flags, window, urgent pointer.
+        header = (first, data[1] & 0xF0, data[4:6], data[48:56], data[58:60], not flow,
+                  data[44:48] == b"\0\0\0\0")
         return _key_rest(data, header, 60, end, data[7], flow)
     return None
 
@@ -398,7 +405,7 @@ def _parse_and_remember(data: bytes, key: object, ts: int) -> Fingerprint:
     """The full parse of a common-form SYN whose shape is not cached yet; caches it
     when the timestamp option the key left out is the one the full parse found."""
     fingerprint, ts_at = _parse_slow(data)
-    if ts_at == ts:
+    if ts_at is not None and ts_at == ts:
         if len(_shapes) >= _SHAPES_LIMIT:
             _shapes.clear()
         tail = fingerprint.p0f.split(":", 2)[2]
