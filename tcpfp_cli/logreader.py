@@ -531,20 +531,16 @@ class LogReader:
             rest = data[cut + 1:]
             yield data[: cut + 1], done
 
-    def range_frames(self, path: str, source: str, start: int, end: int) -> Iterator[pd.DataFrame]:
-        """Like ``frames``, for the lines of the file ``path`` between the offsets ``start`` and ``end``.
+    def range_frames(self, fd: int, source: str, start: int, end: int) -> Iterator[pd.DataFrame]:
+        """Like ``frames``, for the lines between the offsets ``start`` and ``end`` of the open file ``fd``.
 
         ``start`` and ``end`` are line starts (``line_ranges``); the ``line`` column and
-        the examples count from the first line of the range, which is line 1.
+        the examples count from the first line of the range, which is line 1.  The file
+        is read with ``pread``: processes that share ``fd`` do not move each other's offset,
+        and they all read the file that was opened, even if its name now means another.
         """
-        try:
-            stream = open(path, "rb")  # noqa: SIM115 - closed below
-        except OSError as error:
-            raise UnreadableInput(f"{source}: {error.strerror or error}") from None
-        with stream:
-            stream.seek(start)
-            yield from self._collect(((self._parser.block(b), done) for b, done in
-                                      self._blocks(_Window(stream, end - start), source)), source)
+        yield from self._collect(((self._parser.block(b), done) for b, done in
+                                  self._blocks(_Range(fd, start, end, source), source)), source)
 
     def add_range(self, counts: ReadStats, source: str, base: int, done: int) -> None:
         """Count a range read elsewhere (``range_frames`` with its own stats) that follows ``base`` lines of its file.
@@ -616,49 +612,55 @@ class LogReader:
                 yield frame
 
 
-class _Window:
-    """At most ``size`` bytes of a binary stream, read from where it stands."""
+class _Range:
+    """The bytes of the open file ``fd`` from ``start`` to ``end``, read with ``pread``."""
 
-    def __init__(self, stream: BinaryIO, size: int) -> None:
-        self.stream = stream
-        self.left = size
+    def __init__(self, fd: int, start: int, end: int, source: str) -> None:
+        self.fd, self.at, self.end, self.source = fd, start, end, source
 
     def read(self, n: int) -> bytes:
-        data = self.stream.read(min(n, self.left)) if self.left > 0 else b""
-        self.left -= len(data)
+        if self.at >= self.end:
+            return b""
+        try:
+            data = os.pread(self.fd, min(n, self.end - self.at), self.at)
+        except OSError as error:
+            raise UnreadableInput(f"{self.source}: cannot read: {error.strerror or error}") from None
+        self.at += len(data)
+        if not data:
+            self.at = self.end  # the file shrank: what is gone is not read
         return data
 
 
-def line_ranges(path: str, size: int, parts: int) -> list[tuple[int, int]]:
-    """``path`` (``size`` bytes) cut into about ``parts`` ranges of whole lines: (start, end) offsets.
+def line_ranges(fd: int, size: int, parts: int, source: str = "log") -> list[tuple[int, int]]:
+    """The first ``size`` bytes of the open file ``fd`` cut into about ``parts`` ranges of
+    whole lines: (start, end) offsets.
 
     Each cut is moved forward to the start of the next line, so a range holds the
     lines that start inside it; a range left empty by a very long line is dropped.
     """
     cuts = [0]
     try:
-        with open(path, "rb") as stream:
-            for k in range(1, parts):
-                at = max(size * k // parts, cuts[-1] + 1)
-                if at >= size:
+        for k in range(1, parts):
+            at = max(size * k // parts, cuts[-1] + 1)
+            if at >= size:
+                break
+            at -= 1  # a cut right after a newline is a line start already
+            while at < size:
+                piece = os.pread(fd, min(1 << 16, size - at), at)
+                if not piece:
+                    at = size
                     break
-                stream.seek(at - 1)  # a cut right after a newline is a line start already
-                while True:
-                    piece = stream.read(1 << 16)
-                    if not piece:
-                        at = size
-                        break
-                    newline = piece.find(b"\n")
-                    if newline >= 0:
-                        at += newline
-                        break
-                    at += len(piece)
-                if at >= size:
+                newline = piece.find(b"\n")
+                if newline >= 0:
+                    at += newline + 1
                     break
-                if at > cuts[-1]:
-                    cuts.append(at)
+                at += len(piece)
+            if at >= size:
+                break
+            if at > cuts[-1]:
+                cuts.append(at)
     except OSError as error:
-        raise UnreadableInput(f"{path}: {error.strerror or error}") from None
+        raise UnreadableInput(f"{source}: cannot read: {error.strerror or error}") from None
     cuts.append(size)
     return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
 

@@ -851,6 +851,7 @@ _WORKER: dict[str, Any] = {}
 RANGES_PER_WORKER = 8
 RANGE_BYTES_MAX = 64 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _in_processes(path: str, stream: Any, size: int | None, reader: LogReader, workers: int) -> bool:
@@ -864,8 +865,8 @@ def _in_processes(path: str, stream: Any, size: int | None, reader: LogReader, w
     if size < 2 * reader.chunk_bytes or not hasattr(os, "fork"):
         return False
     try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, AttributeError, ValueError):
         return False
 
 
@@ -885,20 +886,25 @@ def _start_worker() -> None:
     mallopt(_M_MMAP_THRESHOLD, 64 << 20)
 
 
-def _aggregate_range(task: tuple[str, str, int, int]) -> tuple[dict[str, Any], ReadStats]:
-    """In a worker: the partial aggregate and the line counts of one range of a file."""
-    path, label, start, end = task
+def _aggregate_range(task: tuple[int, str, int, int]) -> tuple[dict[str, Any], ReadStats]:
+    """In a worker: the partial aggregate and the line counts of one range of the open file."""
+    fd, label, start, end = task
     reader: LogReader = _WORKER["reader"]
     reader.stats = ReadStats(max_examples=reader.stats.max_examples)
     agg = _Aggregator(_WORKER["plan"], _WORKER["matcher"], classes=_WORKER["classes"])
-    for frame in reader.range_frames(path, label, start, end):
+    for frame in reader.range_frames(fd, label, start, end):
         agg.add(frame)
     return agg.partial(), reader.stats
 
 
-def _aggregate_in_processes(reader: LogReader, agg: _Aggregator, path: str, label: str, size: int,
+def _aggregate_in_processes(reader: LogReader, agg: _Aggregator, fd: int, label: str, size: int,
                             workers: int) -> None:
-    """Read ``path`` in ranges of whole lines, each parsed and aggregated by one of ``workers`` processes.
+    """Read the first ``size`` bytes of the open file ``fd`` in ranges of whole lines, each
+    parsed and aggregated by one of ``workers`` processes.
+
+    The workers read the descriptor opened here (with ``pread``), so a log rotated or
+    replaced under the same name meanwhile is still the file that was opened, and a
+    log that grows meanwhile is read as it was when opened.
 
     The processes are forked after the imports, so they start at once and share the
     parent's pages.  Worker k reads ranges k, k + n, k + 2n, ... and writes, per range,
@@ -911,12 +917,13 @@ def _aggregate_in_processes(reader: LogReader, agg: _Aggregator, path: str, labe
     Plain ``fork`` and pipes rather than ``multiprocessing.Pool``: the workers ignore
     SIGINT, and on Ctrl-C or any error here they are killed by PID and reaped before
     the exception goes on, so nothing hangs (a Pool whose worker dies while writing a
-    result can wait forever) and no worker outlives the command.
+    result can wait forever); if this process is killed outright, the kernel kills
+    them (``_die_with``).
     """
     parts = max(workers * RANGES_PER_WORKER, -(-size // RANGE_BYTES_MAX))
     parts = max(1, min(parts, size // reader.chunk_bytes))
-    ranges = line_ranges(path, size, parts)
-    tasks = [(path, label, start, end) for start, end in ranges]
+    ranges = line_ranges(fd, size, parts, label)
+    tasks = [(fd, label, start, end) for start, end in ranges]
     worker = LogReader(reader.format, reader.columns, chunk_bytes=reader.chunk_bytes,
                        max_examples=reader.stats.max_examples)
     _WORKER.update(reader=worker, plan=agg.plan, matcher=agg.matcher, classes={})
@@ -925,13 +932,14 @@ def _aggregate_in_processes(reader: LogReader, agg: _Aggregator, path: str, labe
     # The collector of a worker then leaves the inherited objects alone (and their pages shared).
     gc.freeze()
     try:
+        parent = os.getpid()
         for k in range(count):
             read_end, write_end = os.pipe()
             _widen_pipe(write_end)
             pid = os.fork()
             if pid == 0:
                 os.close(read_end)
-                _worker_main(write_end, tasks[k::count], k)  # never returns
+                _worker_main(write_end, tasks[k::count], parent)  # never returns
             os.close(write_end)
             children.append((pid, os.fdopen(read_end, "rb")))
         gc.unfreeze()
@@ -962,18 +970,19 @@ def _widen_pipe(fd: int) -> None:
         pass  # the default size only means a worker may wait for this process to read
 
 
-def _worker_main(fd: int, tasks: list[tuple[str, str, int, int]], k: int) -> None:
+def _worker_main(fd: int, tasks: list[tuple[int, str, int, int]], parent: int) -> None:
     """A worker process: aggregate ``tasks`` in order, one pickled result each, then exit."""
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which then ends us
+        _die_with(parent)
         _start_worker()
         with os.fdopen(fd, "wb") as out:
             for task in tasks:
                 try:
                     result: tuple[str, object] = ("ok", _aggregate_range(task))
                 except TcpfpError as error:
-                    result, code = ("error", error), 1
+                    result, code = ("error", _portable(error)), 1
                 except Exception as error:  # noqa: BLE001 - a bug: say what it was, in the parent
                     result, code = ("error", ReportError(
                         f"a worker process failed on {task[1]}: {type(error).__name__}: {error}")), 1
@@ -987,11 +996,33 @@ def _worker_main(fd: int, tasks: list[tuple[str, str, int, int]], k: int) -> Non
         os._exit(code)
 
 
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this worker when the parent ends, however it ends (SIGTERM,
+    SIGKILL included), so that no worker goes on reading for nobody (Linux prctl)."""
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent ended before prctl took effect
+        os._exit(1)
+
+
+def _portable(error: TcpfpError) -> TcpfpError:
+    """``error`` if it crosses a pipe (pickle) unchanged, else a ReportError with its text."""
+    try:
+        copy = pickle.loads(pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL))
+        if type(copy) is type(error) and str(copy) == str(error):
+            return error
+    except Exception:  # noqa: BLE001 - any failure to pickle means: send the text
+        pass
+    return ReportError(str(error))
+
+
 def _receive(stream: BinaryIO, pid: int) -> tuple[dict[str, Any], ReadStats]:
     """The next result of worker ``pid``; its error raised here, or ReportError if it died."""
     try:
         kind, value = pickle.load(stream)
-    except (EOFError, pickle.UnpicklingError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - a cut or garbled result: the worker died
         raise ReportError(f"a worker process (PID {pid}) ended without its result "
                           f"({error or 'no data'}); --workers 1 reads the file in one process") from None
     if kind == "error":
@@ -1054,7 +1085,8 @@ def build_report(paths: Sequence[str], fmt: str | None = None, options: ReportOp
                 reader = LogReader(compiled, plan.read, workers=options.workers, **kwargs)
             reader.progress = progress(label, size) if progress else None
             if _in_processes(path, stream, size, reader, options.workers):
-                _aggregate_in_processes(reader, agg, path, label, size, options.workers)  # type: ignore[arg-type]
+                _aggregate_in_processes(reader, agg, stream.fileno(), label, size,  # type: ignore[arg-type]
+                                        options.workers)
             else:
                 for frame in reader.frames(stream, label):
                     agg.add(frame)  # type: ignore[union-attr]

@@ -425,6 +425,8 @@ class Connection(asyncio.Protocol):
 
     def _timeout(self) -> None:
         self.timer = None
+        if self.busy:  # a CGI script is answering: --cgi-timeout bounds it, and its answer re-arms
+            return
         loop = asyncio.get_running_loop()
         if self.deadline > loop.time():  # requests since the timer was set moved the deadline on
             self.timer = loop.call_at(self.deadline, self._timeout)

@@ -104,9 +104,9 @@ def ranges_used(monkeypatch):
     calls = []
     original = reporting._aggregate_in_processes
 
-    def spy(reader, agg, path, label, size, workers):
-        calls.append(path)
-        return original(reader, agg, path, label, size, workers)
+    def spy(reader, agg, fd, label, size, workers):
+        calls.append(label)
+        return original(reader, agg, fd, label, size, workers)
 
     monkeypatch.setattr(reporting, "_aggregate_in_processes", spy)
     return calls
@@ -156,7 +156,8 @@ def test_line_ranges_cover_the_file_at_line_starts(tmp_path, parts):
     data = b"\n".join(lines) + b"\n"
     path = tmp_path / "lines"
     path.write_bytes(data)
-    ranges = line_ranges(str(path), len(data), parts)
+    with open(path, "rb") as f:
+        ranges = line_ranges(f.fileno(), len(data), parts)
     assert ranges[0][0] == 0 and ranges[-1][1] == len(data)
     assert all(a < b for a, b in ranges)
     assert all(prev[1] == nxt[0] for prev, nxt in zip(ranges, ranges[1:]))
@@ -242,3 +243,78 @@ def test_a_bug_in_a_worker_is_named_in_one_error(tmp_path, monkeypatch):
     with pytest.raises(reporting.ReportError, match="worker process failed on .*KeyError: 'surprise'"):
         _report([log], OS_FORMAT, workers=2, chunk_bytes=4096)
     assert _children(os.getpid()) == []
+
+
+def test_workers_read_the_file_that_was_opened(tmp_path, monkeypatch):
+    """The log is replaced under its name (rotation) right after it is opened: workers
+    read the opened file, as one process does, not the new one."""
+    log = tmp_path / "access.log"
+    _write_log(log, OS_FORMAT, 3000, seed=8)
+    single = _report([log], OS_FORMAT, workers=1, chunk_bytes=4096)
+    original = reporting._aggregate_in_processes
+
+    def rotate_then_read(reader, agg, fd, label, size, workers):
+        os.rename(log, tmp_path / "access.log.1")
+        _write_log(log, OS_FORMAT, 200, seed=9)
+        return original(reader, agg, fd, label, size, workers)
+
+    monkeypatch.setattr(reporting, "_aggregate_in_processes", rotate_then_read)
+    assert _report([log], OS_FORMAT, workers=2, chunk_bytes=4096) == single
+
+
+def test_a_log_that_grows_is_read_as_it_was_when_opened(tmp_path, monkeypatch):
+    log = tmp_path / "access.log"
+    _write_log(log, OS_FORMAT, 3000, seed=10)
+    with open(log, "a") as f:
+        f.write("\n")  # whole lines only
+    single = _report([log], OS_FORMAT, workers=1, chunk_bytes=4096)
+    original = reporting._aggregate_in_processes
+
+    def grow_then_read(reader, agg, fd, label, size, workers):
+        with open(log, "a") as f:
+            f.write('192.0.2.1 "GET /half-writ')  # a server in the middle of a line
+        return original(reader, agg, fd, label, size, workers)
+
+    monkeypatch.setattr(reporting, "_aggregate_in_processes", grow_then_read)
+    grown = _report([log], OS_FORMAT, workers=2, chunk_bytes=4096)
+    assert grown == single
+    assert grown["summary"]["malformed"] == single["summary"]["malformed"]
+
+
+def test_workers_die_with_a_killed_command(tmp_path):
+    """SIGKILL (or SIGTERM) to the command: the kernel ends its workers too."""
+    log = tmp_path / "big.log"
+    line = b'192.0.2.9 - - [25/Nov/2026:10:00:00 +0000] "GET /index.html?id=%d HTTP/1.1" 200 2\n'
+    with open(log, "wb") as out:
+        for k in range(1100):
+            out.write(b"".join(line % (k * 1000 + j) for j in range(1000)))
+    command = subprocess.Popen([sys.executable, "-m", "tcpfp_cli", "report", "--format", "common", str(log)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and command.poll() is None and len(workers) < 2:
+            workers = _children(command.pid)
+            time.sleep(0.01)
+        assert len(workers) == 2, "the workers did not start"
+        os.kill(command.pid, signal.SIGKILL)
+        command.wait(10)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+            time.sleep(0.02)
+        assert not any(_alive(pid) for pid in workers)
+    finally:
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

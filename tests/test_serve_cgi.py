@@ -499,3 +499,24 @@ def test_script_name_and_path_info_are_data_never_shell(site, target, expected_s
     if status == 200:
         assert env_of(body)["PATH_INFO"] == target[len("/cgi-bin/env.sh"):]
     assert site.injected() == []
+
+
+def test_a_request_pipelined_behind_a_slow_script_waits_for_it(tmp_path, cgi_dir):
+    """On a kept-alive connection, a request that arrives while a script runs waits for
+    the script (--cgi-timeout), not for --request-timeout: both get answered and logged."""
+    write_script(cgi_dir, "ponder.sh", "#!/bin/sh\nsleep 1.5\nprintf 'Content-Type: text/plain\\n\\ndone\\n'\n")
+    with serve_cgi(tmp_path, cgi_dir, "--request-timeout", "0.5", "--cgi-timeout", "5") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+            first = s.recv(65536)
+            s.sendall(b"GET /cgi-bin/ponder.sh HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.2)
+            s.sendall(b"GET /third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            rest = b""
+            while chunk := s.recv(65536):
+                rest += chunk
+        records = server.records(3)
+    assert first.startswith(b"HTTP/1.1 200 ")
+    assert rest.count(b"HTTP/1.1 200 ") == 2 and b"done\n" in rest
+    assert [(r["request"], r["status"]) for r in records] == [
+        ("GET /first HTTP/1.1", "200"), ("GET /cgi-bin/ponder.sh HTTP/1.1", "200"), ("GET /third HTTP/1.1", "200")]
