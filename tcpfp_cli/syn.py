@@ -248,9 +248,10 @@ def _parse_slow(data: bytes) -> tuple[Fingerprint, int | None]:
         *shape, shape_texts,
     )
     # Where the one timestamp option starts (-1: none).  None says "do not cache this
-    # shape": more than one timestamp option, or p0f's walk reads the options in another
-    # way, which may depend on the timestamp bytes the cache key leaves out.
-    if not walk.p0f_agrees or walk.ts_at == -2:
+    # shape": more than one timestamp option, or a timestamp option (whose values the
+    # cache key leaves out) in options that p0f's walk reads in another way, so that
+    # FINGERPRINT_P0F may depend on those values.
+    if walk.ts_at == -2 or (not walk.p0f_agrees and walk.ts_at >= 0):
         return fingerprint, None
     return fingerprint, -1 if walk.ts_at < 0 else at + 20 + walk.ts_at
 
