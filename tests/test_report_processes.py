@@ -318,3 +318,22 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_worker_error_that_cannot_be_pickled_arrives_as_its_text(tmp_path, monkeypatch):
+    """Some errors of the family take other arguments than their message (Truncated): sent
+    as they are, they would not unpickle; the parent gets one ReportError with the text."""
+    from tcpfp_cli.errors import Truncated
+
+    log = tmp_path / "access.log"
+    _write_log(log, OS_FORMAT, 2000, seed=4)
+    error = Truncated("TCP header", 20, 20, 3)
+
+    def truncated(task):
+        raise error
+
+    monkeypatch.setattr(reporting, "_aggregate_range", truncated)
+    with pytest.raises(reporting.TcpfpError) as raised:
+        _report([log], OS_FORMAT, workers=2, chunk_bytes=4096)
+    assert str(raised.value) == str(error)
+    assert _children(os.getpid()) == []
