@@ -40,24 +40,22 @@ from __future__ import annotations
 
 import csv
 import ctypes
-import fcntl
-import gc
 import gzip
 import json
 import math
 import os
-import pickle
-import signal
 import stat
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from . import forks
 from .campaigns import CampaignMatcher, normalise
 from .errors import TcpfpError, UnknownField
 from .fields import lookup
@@ -96,7 +94,7 @@ DF, IP_ECN, TCP_ECN = "FINGERPRINT_IP_DF", "FINGERPRINT_IP_ECN", "FINGERPRINT_TC
 SOURCE_LOGGED, SOURCE_DATABASE, SOURCE_PARTIAL, SOURCE_HEURISTIC = (
     "FINGERPRINT_OS", "database", "database-partial", "heuristic")
 _NA_INT = np.iinfo(np.int64).min
-#: Request lines whose classification a worker process remembers (cleared when full).
+#: Request lines whose classification is remembered (the memory is cleared when full).
 MAX_CLASSES = 1 << 18
 
 
@@ -279,6 +277,30 @@ class _Ids:
         return np.where(codes >= 0, table[np.maximum(codes, 0)] if len(table) else -1, -1)
 
 
+class _Classifier:
+    """Request line -> (campaign group, pattern), each distinct line worked out once.
+
+    The group is ("name", campaign) for a named campaign, else ("pattern", pattern).
+    At most ``MAX_CLASSES`` lines are remembered, so memory stays bounded on logs
+    where every line differs.
+    """
+
+    def __init__(self, matcher: CampaignMatcher) -> None:
+        self.matcher = matcher
+        self.known: dict[str | None, tuple[tuple[str, str], str]] = {}
+
+    def of(self, request: str | None) -> tuple[tuple[str, str], str]:
+        known = self.known.get(request)
+        if known is None:
+            pattern = normalise(request)
+            name = self.matcher.name(request)
+            known = (("name", name) if name is not None else ("pattern", pattern)), pattern
+            if len(self.known) >= MAX_CLASSES:
+                self.known.clear()
+            self.known[request] = known
+        return known
+
+
 class _Aggregator:
     """Counts per cluster, campaign, pattern and client, block by block, under ids of this aggregator.
 
@@ -287,17 +309,14 @@ class _Aggregator:
     the order in which the report breaks ties, are those of reading every line here.
     """
 
-    def __init__(self, plan: _Plan, matcher: CampaignMatcher,
-                 classes: dict[str | None, tuple[tuple[str, str], str]] | None = None) -> None:
+    def __init__(self, plan: _Plan, classifier: _Classifier) -> None:
         self.plan = plan
-        self.matcher = matcher
-        # request line -> (group, pattern), shared by the aggregators of one worker process.
-        self.classes = classes
+        self.classifier = classifier
+        self.matcher = classifier.matcher
         self.text_ids = {c: _Ids() for c in plan.texts}
         self.clusters: dict[tuple, int] = {}
         self.groups = _Ids()  # ("name", n) or ("pattern", p)
         self.patterns = _Ids()
-        self.request_cache: dict[str, tuple[int, int]] = {}
         self.clients = _Ids()
         self.pair_counts: Counter[tuple[int, int]] = Counter()  # (cluster, group) -> requests
         self.group_patterns: Counter[tuple[int, int]] = Counter()  # (group, pattern) -> requests
@@ -309,36 +328,24 @@ class _Aggregator:
         self.os_votes: defaultdict[int, Counter[tuple[int, int]]] = defaultdict(Counter)
         self.p0f_votes: defaultdict[int, Counter[tuple[int, int]]] = defaultdict(Counter)
 
+    def fresh(self) -> _Aggregator:
+        """An empty aggregator of the same plan, sharing this one's classifier."""
+        return _Aggregator(self.plan, self.classifier)
+
     def _request_ids(self, column: pd.Series | None, n: int) -> tuple[np.ndarray, np.ndarray]:
         if column is None:
             g = self.groups.of(("pattern", "<none>"))
             p = self.patterns.of("<none>")
             return np.full(n, g), np.full(n, p)
         cat = column.array
-        requests = cat.categories.tolist()
-        cache = self.request_cache
-        found = list(map(cache.get, requests))  # each distinct line is classified once per run
-        for k, got in enumerate(found):
-            if got is None:
-                found[k] = cache[requests[k]] = self._classify(requests[k])
-        found.append(self._classify(None))
+        classify, group, pattern = self.classifier.of, self.groups.of, self.patterns.of
+        found = [(group(g), pattern(p)) for g, p in map(classify, cat.categories.tolist())]
+        g, p = classify(None)
+        found.append((group(g), pattern(p)))
         ids = np.array(found, dtype=np.int64).reshape(len(found), 2)
         gids, pids = ids[:, 0], ids[:, 1]
         codes = np.asarray(cat.codes, dtype=np.int64)  # -1 (missing) picks the last entry
         return gids[codes], pids[codes]
-
-    def _classify(self, request: str | None) -> tuple[int, int]:
-        classes = self.classes
-        known = classes.get(request) if classes is not None else None
-        if known is None:
-            pattern = normalise(request)
-            name = self.matcher.name(request)
-            known = (("name", name) if name is not None else ("pattern", pattern)), pattern
-            if classes is not None:
-                if len(classes) >= MAX_CLASSES:
-                    classes.clear()
-                classes[request] = known
-        return self.groups.of(known[0]), self.patterns.of(known[1])
 
     def _key_arrays(self, frame: pd.DataFrame) -> list[np.ndarray]:
         arrays = []
@@ -845,13 +852,10 @@ def _finish(agg: _Aggregator, stats: ReadStats, fmt: LogFormat, name: str | None
 
 # --------------------------------------------------------------------------- worker processes
 
-#: What a worker process needs, set by the parent just before it forks them.
-_WORKER: dict[str, Any] = {}
 #: Ranges per worker: enough that a worker left with the last one does not keep the others waiting long.
 RANGES_PER_WORKER = 8
 RANGE_BYTES_MAX = 64 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _in_processes(path: str, stream: Any, size: int | None, reader: LogReader, workers: int) -> bool:
@@ -862,7 +866,7 @@ def _in_processes(path: str, stream: Any, size: int | None, reader: LogReader, w
     """
     if workers <= 1 or path == "-" or size is None or not reader.fast or isinstance(stream, gzip.GzipFile):
         return False
-    if size < 2 * reader.chunk_bytes or not hasattr(os, "fork"):
+    if size < 2 * reader.chunk_bytes or not forks.available():
         return False
     try:
         return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
@@ -886,148 +890,53 @@ def _start_worker() -> None:
     mallopt(_M_MMAP_THRESHOLD, 64 << 20)
 
 
-def _aggregate_range(task: tuple[int, str, int, int]) -> tuple[dict[str, Any], ReadStats]:
-    """In a worker: the partial aggregate and the line counts of one range of the open file."""
+def _aggregate_range(reader: LogReader, agg: _Aggregator, task: tuple[int, str, int, int],
+                     ) -> tuple[dict[str, Any], ReadStats]:
+    """In a worker: the partial aggregate and the line counts of one range of the open file.
+
+    ``reader`` and ``agg`` are this process's copies of the parent's, which are empty;
+    the aggregate of each range starts anew, and shares the request-line classifier.
+    """
     fd, label, start, end = task
-    reader: LogReader = _WORKER["reader"]
     reader.stats = ReadStats(max_examples=reader.stats.max_examples)
-    agg = _Aggregator(_WORKER["plan"], _WORKER["matcher"], classes=_WORKER["classes"])
+    part = agg.fresh()
     for frame in reader.range_frames(fd, label, start, end):
-        agg.add(frame)
-    return agg.partial(), reader.stats
+        part.add(frame)
+    return part.partial(), reader.stats
 
 
 def _aggregate_in_processes(reader: LogReader, agg: _Aggregator, fd: int, label: str, size: int,
                             workers: int) -> None:
     """Read the first ``size`` bytes of the open file ``fd`` in ranges of whole lines, each
-    parsed and aggregated by one of ``workers`` processes.
+    parsed and aggregated by one of ``workers`` forked processes (``forks.run_in_forks``).
 
     The workers read the descriptor opened here (with ``pread``), so a log rotated or
     replaced under the same name meanwhile is still the file that was opened, and a
-    log that grows meanwhile is read as it was when opened.
-
-    The processes are forked after the imports, so they start at once and share the
-    parent's pages.  Worker k reads ranges k, k + n, k + 2n, ... and writes, per range,
-    a small partial aggregate with values, not ids, to its own pipe; this process
-    merges them in the order of the ranges (so line numbers and ties come out as when
-    reading here).  A worker keeps the classification of the request lines it has met,
-    so a line repeated across ranges is classified at most once per worker.  Each
-    worker holds one block of lines at a time.
-
-    Plain ``fork`` and pipes rather than ``multiprocessing.Pool``: the workers ignore
-    SIGINT, and on Ctrl-C or any error here they are killed by PID and reaped before
-    the exception goes on, so nothing hangs (a Pool whose worker dies while writing a
-    result can wait forever); if this process is killed outright, the kernel kills
-    them (``_die_with``).
+    log that grows meanwhile is read as it was when opened.  Each range comes back as
+    a small partial aggregate with values, not ids, and is merged here in the order of
+    the ranges, so line numbers and ties come out as when reading here.  A worker keeps
+    the classification of the request lines it has met across its ranges, and holds
+    one block of lines at a time.
     """
     parts = max(workers * RANGES_PER_WORKER, -(-size // RANGE_BYTES_MAX))
     parts = max(1, min(parts, size // reader.chunk_bytes))
     ranges = line_ranges(fd, size, parts, label)
-    tasks = [(fd, label, start, end) for start, end in ranges]
     worker = LogReader(reader.format, reader.columns, chunk_bytes=reader.chunk_bytes,
                        max_examples=reader.stats.max_examples)
-    _WORKER.update(reader=worker, plan=agg.plan, matcher=agg.matcher, classes={})
-    count = min(workers, len(tasks))
-    children: list[tuple[int, BinaryIO]] = []
-    # The collector of a worker then leaves the inherited objects alone (and their pages shared).
-    gc.freeze()
-    try:
-        parent = os.getpid()
-        for k in range(count):
-            read_end, write_end = os.pipe()
-            _widen_pipe(write_end)
-            pid = os.fork()
-            if pid == 0:
-                os.close(read_end)
-                _worker_main(write_end, tasks[k::count], parent)  # never returns
-            os.close(write_end)
-            children.append((pid, os.fdopen(read_end, "rb")))
-        gc.unfreeze()
-        base = 0
-        for i, (_, end) in enumerate(ranges):
-            pid, stream = children[i % count]
-            part, counts = _receive(stream, pid)
-            agg.merge(part)
-            reader.add_range(counts, label, base, end)
-            base += counts.lines
-    finally:
-        gc.unfreeze()
-        _WORKER.clear()
-        for pid, stream in children:
-            try:
-                os.kill(pid, signal.SIGKILL)  # done already, or no longer wanted
-            except ProcessLookupError:
-                pass
-            os.waitpid(pid, 0)
-            stream.close()
-
-
-def _widen_pipe(fd: int) -> None:
-    """Let a worker write a whole partial aggregate without waiting (Linux: up to 1 MiB)."""
-    try:
-        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
-    except OSError:
-        pass  # the default size only means a worker may wait for this process to read
-
-
-def _worker_main(fd: int, tasks: list[tuple[int, str, int, int]], parent: int) -> None:
-    """A worker process: aggregate ``tasks`` in order, one pickled result each, then exit."""
-    code = 0
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which then ends us
-        _die_with(parent)
-        _start_worker()
-        with os.fdopen(fd, "wb") as out:
-            for task in tasks:
-                try:
-                    result: tuple[str, object] = ("ok", _aggregate_range(task))
-                except TcpfpError as error:
-                    result, code = ("error", _portable(error)), 1
-                except Exception as error:  # noqa: BLE001 - a bug: say what it was, in the parent
-                    result, code = ("error", ReportError(
-                        f"a worker process failed on {task[1]}: {type(error).__name__}: {error}")), 1
-                pickle.dump(result, out, protocol=pickle.HIGHEST_PROTOCOL)
-                out.flush()
-                if code:
-                    break
-    except BaseException:  # noqa: BLE001 - a worker must never return into the parent's code
-        code = 2
-    finally:
-        os._exit(code)
-
-
-def _die_with(parent: int) -> None:
-    """Have the kernel kill this worker when the parent ends, however it ends (SIGTERM,
-    SIGKILL included), so that no worker goes on reading for nobody (Linux prctl)."""
-    try:
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # the parent ended before prctl took effect
-        os._exit(1)
-
-
-def _portable(error: TcpfpError) -> TcpfpError:
-    """``error`` if it crosses a pipe (pickle) unchanged, else a ReportError with its text."""
-    try:
-        copy = pickle.loads(pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL))
-        if type(copy) is type(error) and str(copy) == str(error):
-            return error
-    except Exception:  # noqa: BLE001 - any failure to pickle means: send the text
-        pass
-    return ReportError(str(error))
-
-
-def _receive(stream: BinaryIO, pid: int) -> tuple[dict[str, Any], ReadStats]:
-    """The next result of worker ``pid``; its error raised here, or ReportError if it died."""
-    try:
-        kind, value = pickle.load(stream)
-    except Exception as error:  # noqa: BLE001 - a cut or garbled result: the worker died
-        raise ReportError(f"a worker process (PID {pid}) ended without its result "
-                          f"({error or 'no data'}); --workers 1 reads the file in one process") from None
-    if kind == "error":
-        raise value  # a TcpfpError of the worker, such as an unreadable file
-    return value  # type: ignore[return-value]
+    blank = agg.fresh()
+    tasks = [(fd, label, start, end) for start, end in ranges]
+    base = 0
+    results = forks.run_in_forks(tasks, lambda task: _aggregate_range(worker, blank, task), workers,
+                                 start=_start_worker)
+    with closing(results):
+        try:
+            for (_, end), (part, counts) in zip(ranges, results):
+                agg.merge(part)
+                reader.add_range(counts, label, base, end)
+                base += counts.lines
+        except forks.WorkerError as error:
+            raise forks.WorkerError(f"{label}: {error}; --workers 1 reads it in one process",
+                                    error.pid) from None
 
 
 # --------------------------------------------------------------------------- entry point
@@ -1080,7 +989,7 @@ def build_report(paths: Sequence[str], fmt: str | None = None, options: ReportOp
                          "--format chooses another)")
             if reader is None:
                 plan = _plan(compiled, options.by)
-                agg = _Aggregator(plan, options.campaigns)
+                agg = _Aggregator(plan, _Classifier(options.campaigns))
                 kwargs = {"chunk_bytes": options.chunk_bytes} if options.chunk_bytes else {}
                 reader = LogReader(compiled, plan.read, workers=options.workers, **kwargs)
             reader.progress = progress(label, size) if progress else None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tcpfp_cli import forks
 from tcpfp_cli import report as reporting
 from tcpfp_cli.campaigns import CampaignMatcher, load_campaigns
 from tcpfp_cli.logformat import compile_format
@@ -178,7 +179,7 @@ def test_an_error_in_a_worker_is_the_commands_error(tmp_path, monkeypatch):
     log = tmp_path / "access.log"
     _write_log(log, OS_FORMAT, 2000, seed=4)
 
-    def unreadable(task):
+    def unreadable(reader, agg, task):
         raise reporting.UnreadableInput(f"{task[1]}: cannot read: test")
 
     monkeypatch.setattr(reporting, "_aggregate_range", unreadable)
@@ -190,9 +191,9 @@ def test_an_error_in_a_worker_is_the_commands_error(tmp_path, monkeypatch):
 def test_a_worker_that_dies_gives_an_error_not_a_hang(tmp_path, monkeypatch):
     log = tmp_path / "access.log"
     _write_log(log, OS_FORMAT, 2000, seed=5)
-    monkeypatch.setattr(reporting, "_aggregate_range", lambda task: os.kill(os.getpid(), signal.SIGKILL))
+    monkeypatch.setattr(reporting, "_aggregate_range", lambda reader, agg, task: os.kill(os.getpid(), signal.SIGKILL))
     started = time.monotonic()
-    with pytest.raises(reporting.ReportError, match="ended without its result"):
+    with pytest.raises(forks.WorkerError, match="access.log: a worker process .* ended without its result"):
         _report([log], OS_FORMAT, workers=2, chunk_bytes=4096)
     assert time.monotonic() - started < 10
     assert _children(os.getpid()) == []
@@ -236,11 +237,11 @@ def test_a_bug_in_a_worker_is_named_in_one_error(tmp_path, monkeypatch):
     log = tmp_path / "access.log"
     _write_log(log, OS_FORMAT, 2000, seed=6)
 
-    def broken(task):
+    def broken(reader, agg, task):
         raise KeyError("surprise")
 
     monkeypatch.setattr(reporting, "_aggregate_range", broken)
-    with pytest.raises(reporting.ReportError, match="worker process failed on .*KeyError: 'surprise'"):
+    with pytest.raises(forks.WorkerError, match="access.log: a worker process failed: KeyError: 'surprise'"):
         _report([log], OS_FORMAT, workers=2, chunk_bytes=4096)
     assert _children(os.getpid()) == []
 
@@ -322,18 +323,18 @@ def _alive(pid: int) -> bool:
 
 def test_a_worker_error_that_cannot_be_pickled_arrives_as_its_text(tmp_path, monkeypatch):
     """Some errors of the family take other arguments than their message (Truncated): sent
-    as they are, they would not unpickle; the parent gets one ReportError with the text."""
+    as they are, they would not unpickle; the parent gets one WorkerError with the text."""
     from tcpfp_cli.errors import Truncated
 
     log = tmp_path / "access.log"
     _write_log(log, OS_FORMAT, 2000, seed=4)
     error = Truncated("TCP header", 20, 20, 3)
 
-    def truncated(task):
+    def truncated(reader, agg, task):
         raise error
 
     monkeypatch.setattr(reporting, "_aggregate_range", truncated)
-    with pytest.raises(reporting.TcpfpError) as raised:
+    with pytest.raises(forks.WorkerError) as raised:
         _report([log], OS_FORMAT, workers=2, chunk_bytes=4096)
-    assert str(raised.value) == str(error)
+    assert str(raised.value) == f"{log}: {error}; --workers 1 reads it in one process"
     assert _children(os.getpid()) == []
