@@ -14,6 +14,9 @@ Boundaries:
 - ``hextext.parse_hex`` raises ``BadHex``.
 - ``tcpinfo.parse_tcp_info`` never raises: any length is a valid prefix.
 - The CLI turns any ``TcpfpError`` into one line on stderr and exit status 2.
+
+Every error of the family pickles with its message and its attributes, so a
+worker process can hand it to its parent (``forks``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,19 @@ from __future__ import annotations
 
 class TcpfpError(Exception):
     """Base of every error tcpfp raises on purpose."""
+
+    def __reduce__(self) -> tuple:
+        # Leaves take their data, not their message, as arguments; pickle (which
+        # carries errors out of report's worker processes) rebuilds them from the
+        # message and the attributes instead of calling __init__ again.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[TcpfpError], args: tuple, state: dict) -> TcpfpError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class BadHex(TcpfpError):

@@ -12,8 +12,7 @@ command hanging in ``Pool.terminate``).  Here each worker is a plain
   to kill them when the parent ends, however it ends (``PR_SET_PDEATHSIG``);
 - when the parent stops reading, for whatever reason, every worker is killed
   by PID and reaped, so none outlives the call;
-- a worker's ``TcpfpError`` is raised in the parent as it is (or as a
-  ``WorkerError`` with its text, when it does not survive pickling); any other
+- a worker's ``TcpfpError`` is raised in the parent as it is; any other
   exception, or a worker that dies, is a ``WorkerError``.
 
 Workers are forked after the caller's imports and set-up, so they start at
@@ -51,9 +50,6 @@ class WorkerError(TcpfpError):
     def __init__(self, message: str, pid: int | None = None) -> None:
         super().__init__(message)
         self.pid = pid
-
-    def __reduce__(self) -> tuple:  # crosses the pipe with its pid
-        return (WorkerError, (str(self), self.pid))
 
 
 def available() -> bool:
@@ -117,8 +113,8 @@ def _worker(fd: int, tasks: Sequence[T], work: Callable[[T], R], start: Callable
             for task in tasks:
                 try:
                     result: tuple[str, object] = ("ok", work(task))
-                except TcpfpError as error:
-                    result, code = ("error", _portable(error)), 1
+                except TcpfpError as error:  # pickles with its attributes (errors.py)
+                    result, code = ("error", error), 1
                 except Exception as error:  # noqa: BLE001 - a bug: say what it was, in the parent
                     result, code = ("error", WorkerError(
                         f"a worker process failed: {type(error).__name__}: {error}", os.getpid())), 1
@@ -140,17 +136,6 @@ def _die_with(parent: int) -> None:
         pass
     if os.getppid() != parent:  # the parent ended before prctl took effect
         os._exit(1)
-
-
-def _portable(error: TcpfpError) -> TcpfpError:
-    """``error`` if it crosses a pipe (pickle) unchanged, else a WorkerError with its text."""
-    try:
-        copy = pickle.loads(pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL))
-        if type(copy) is type(error) and str(copy) == str(error):
-            return error
-    except Exception:  # noqa: BLE001 - any failure to pickle means: send the text
-        pass
-    return WorkerError(str(error), os.getpid())
 
 
 def _receive(stream: BinaryIO, pid: int) -> R:  # type: ignore[type-var]

@@ -321,9 +321,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_a_worker_error_that_cannot_be_pickled_arrives_as_its_text(tmp_path, monkeypatch):
-    """Some errors of the family take other arguments than their message (Truncated): sent
-    as they are, they would not unpickle; the parent gets one WorkerError with the text."""
+def test_a_worker_error_of_the_family_arrives_with_its_attributes(tmp_path, monkeypatch):
+    """Errors whose constructors take data, not a message (Truncated), cross the pipe
+    whole: the same class, text and attributes in the parent."""
     from tcpfp_cli.errors import Truncated
 
     log = tmp_path / "access.log"
@@ -334,7 +334,8 @@ def test_a_worker_error_that_cannot_be_pickled_arrives_as_its_text(tmp_path, mon
         raise error
 
     monkeypatch.setattr(reporting, "_aggregate_range", truncated)
-    with pytest.raises(forks.WorkerError) as raised:
+    with pytest.raises(Truncated) as raised:
         _report([log], OS_FORMAT, workers=2, chunk_bytes=4096)
-    assert str(raised.value) == f"{log}: {error}; --workers 1 reads it in one process"
+    assert str(raised.value) == str(error)
+    assert (raised.value.reason, raised.value.offset) == (error.reason, error.offset)
     assert _children(os.getpid()) == []
