@@ -27,19 +27,21 @@ from typing import NamedTuple
 from .errors import TcpfpError
 
 #: RFC 9110 token characters (a method or a header name is a token).
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_TOKEN_CHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+_TOKEN = re.compile(_TOKEN_CHAR + rb"+\Z")
 _VERSION = re.compile(rb"HTTP/(\d)\.(\d)\Z")
 _TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _CTL = re.compile(rb"[\x00-\x1f\x7f]")
 #: Control bytes a header value may not hold (RFC 9110 section 5.5; tab is allowed).
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_VALUE_CHAR = rb"\x00-\x08\x0a-\x1f\x7f"
+_BAD_VALUE = re.compile(rb"[" + _BAD_VALUE_CHAR + rb"]")
 #: A Host value: reg-name or IPv4, or an IPv6 literal, and an optional port (RFC 9110 7.2).
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?\Z")
 #: Absolute-form target: scheme "://" authority, possibly with userinfo.
 _ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#]*)(.*)\Z", re.S)
 #: A header section (after the request line) whose every line is ``token ":" value`` with
 #: no forbidden control byte, up to the empty line: one match instead of per-line checks.
-_CLEAN_FIELDS = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r?\n)*\r?\n")
+_CLEAN_FIELDS = re.compile(rb"(?:" + _TOKEN_CHAR + rb"+:[^" + _BAD_VALUE_CHAR + rb"]*\r?\n)*\r?\n")
 _LEADING_BLANK_LINES = 10  # Apache skips at most this many empty lines before a request
 
 
