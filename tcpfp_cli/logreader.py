@@ -115,6 +115,19 @@ class ReadStats:
         if len(self.examples) < self.max_examples:
             self.examples.append(MalformedLine(source, line, reason))
 
+    def add(self, source: str, base: int, lines: int, parsed: int, malformed: int, skipped: int,
+            examples: Iterable[tuple[int, str]]) -> None:
+        """Count lines read after ``base`` lines of ``source``; ``examples`` are (line, reason)
+        with line numbers counted from there."""
+        self.lines += lines
+        self.parsed += parsed
+        self.malformed += malformed
+        self.skipped += skipped
+        for line, reason in examples:
+            if len(self.examples) >= self.max_examples:
+                break
+            self.examples.append(MalformedLine(source, base + line, reason))
+
 
 # --------------------------------------------------------------------------- inputs
 
@@ -547,16 +560,10 @@ class LogReader:
 
         ``done`` is the offset where the range ends, for the progress callback.
         """
-        stats = self.stats
-        for example in counts.examples:
-            if len(stats.examples) < stats.max_examples:
-                stats.examples.append(MalformedLine(source, base + example.line, example.reason))
-        stats.lines += counts.lines
-        stats.parsed += counts.parsed
-        stats.malformed += counts.malformed
-        stats.skipped += counts.skipped
+        self.stats.add(source, base, counts.lines, counts.parsed, counts.malformed, counts.skipped,
+                       ((e.line, e.reason) for e in counts.examples))
         if self.progress is not None:
-            self.progress(done, stats.lines)
+            self.progress(done, self.stats.lines)
 
     def frames(self, stream: BinaryIO, source: str) -> Iterator[pd.DataFrame]:
         """DataFrames of the parsed lines of ``stream``, in order, one per block of lines."""
@@ -593,18 +600,13 @@ class LogReader:
         base = 0
         stats = self.stats
         for result, done in results:
-            stats.lines += result.lines
-            stats.skipped += result.skipped
-            for line, reason in result.examples:
-                if len(stats.examples) < stats.max_examples:
-                    stats.examples.append(MalformedLine(source, base + line, reason))
-            stats.malformed += result.malformed
             frame = result.frame
             if frame is not None:
                 if base:
                     frame["line"] += base
                 frame.attrs["source"] = source
-                stats.parsed += len(frame)
+            stats.add(source, base, result.lines, 0 if frame is None else len(frame), result.malformed,
+                      result.skipped, result.examples)
             base += result.lines
             if self.progress is not None:
                 self.progress(done, stats.lines)
