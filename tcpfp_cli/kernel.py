@@ -87,11 +87,4 @@ def read_at_accept(fd: int, family: int, saved_syn: bool, tcp_info: bool) -> tup
 
 def read_tcp_info_of(fd: int, family: int) -> bytes | None:
     """TCP_INFO of the open TCP socket ``fd`` (which stays open), or None."""
-    try:
-        sock = _socket.socket(family, socket.SOCK_STREAM, 0, fd)
-    except OSError:
-        return None
-    try:
-        return read_tcp_info(sock)
-    finally:
-        sock.detach()
+    return read_at_accept(fd, family, saved_syn=False, tcp_info=True)[1]
