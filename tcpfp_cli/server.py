@@ -402,7 +402,7 @@ class Connection(asyncio.Protocol):
         "server", "transport", "obs", "remote", "local", "buffer", "requests", "timer", "deadline",
         "fd", "family",
         "started", "busy", "closing", "head", "body_left", "body", "wants_now", "blank_lines",
-        "half_closed",
+        "half_closed", "obs_now",
     )
 
     def __init__(self, server: Server) -> None:
@@ -419,6 +419,7 @@ class Connection(asyncio.Protocol):
         self.body_left = 0
         self.body = bytearray()
         self.started = 0.0
+        self.obs_now: Observation | None = None  # this callback's request-time observation
 
     # -- accept ----------------------------------------------------------------
     def accepted(self, sock: _socket.socket, address: tuple) -> None:
@@ -437,6 +438,14 @@ class Connection(asyncio.Protocol):
         accept_us = time.time_ns() // 1000
         self.fd, self.family = sock.fileno(), sock.family
         raw_syn = kernel.read_saved_syn(sock) if config.saved_syn else None
+        try:
+            data: bytes | None = sock.recv(RECEIVE_SIZE, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            data = None  # nothing sent yet
+        except OSError:
+            data = b""  # reset before it sent anything
+        # TCP_INFO after the read: a request found waiting has arrived by this reading,
+        # so it also serves as that request's FINGERPRINT_REQ_* reading (``_observation``).
         raw_info = kernel.read_tcp_info(sock) if config.tcp_info else None
         fingerprint = None
         if raw_syn is not None:
@@ -465,19 +474,15 @@ class Connection(asyncio.Protocol):
             server.refused += 1
             direct.abort()
             return
-        self.started = time.time()
-        try:
-            data = sock.recv(RECEIVE_SIZE, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            data = None
-        except OSError:  # reset before it sent anything: there is no request to log
-            direct.abort()
-            return
-        if data == b"":  # closed before it sent anything (a connect-only scan)
+        if data == b"":  # closed or reset before it sent anything (a connect-only scan): no request
             direct.close()
             return
+        self.started = time.time()
         if data:
+            if server.wants_now and raw_info:
+                self.obs_now = self.obs._replace(tcp_info_now=self.obs.tcp_info)
             self.data_received(data)
+            self.obs_now = None
         if direct.finished():
             return
         if self.timer is None and not self.busy:  # keep-alive armed its own; CGI has --cgi-timeout
@@ -493,7 +498,7 @@ class Connection(asyncio.Protocol):
             self.connection_lost(None)
 
     def _drop(self) -> None:
-        """A ``close`` rule matched: reset the connection without reading it, and log that."""
+        """A ``close`` rule matched: reset the connection without answering it, and log that."""
         self.closing = True
         self.started = time.time()
         self.transport.reset()
@@ -670,6 +675,8 @@ class Connection(asyncio.Protocol):
 
     def _observation(self) -> Observation:
         """The connection's observation, with TCP_INFO read again now if anything uses it."""
+        if self.obs_now is not None:  # served at accept: TCP_INFO was read after the request arrived
+            return self.obs_now
         server = self.server
         if server.wants_now and server.config.tcp_info and not self.transport.is_closing():
             try:
