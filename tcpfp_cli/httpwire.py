@@ -42,6 +42,14 @@ _ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#]*)(.*)\Z", re.S)
 #: A header section (after the request line) whose every line is ``token ":" value`` with
 #: no forbidden control byte, up to the empty line: one match instead of per-line checks.
 _CLEAN_FIELDS = re.compile(rb"(?:" + _TOKEN_CHAR + rb"+:[^" + _BAD_VALUE_CHAR + rb"]*\r?\n)*\r?\n")
+#: A head that none of the per-line checks can refuse: a token method, an origin-form target
+#: without control bytes or '#', HTTP/1.0 or later, clean field lines and the empty line.
+#: Groups: method, target, version, major, minor, header section.
+_PLAIN_HEAD = re.compile(
+    rb"(" + _TOKEN_CHAR + rb"+) (/[^\x00-\x20\x7f#]*) (HTTP/([1-9])\.([0-9]))\r?\n"
+    rb"((?:" + _TOKEN_CHAR + rb"+:[^" + _BAD_VALUE_CHAR + rb"]*\r?\n)*)\r?\n")
+#: One field line of a section that ``_PLAIN_HEAD`` or ``_CLEAN_FIELDS`` matched.
+_FIELD_LINE = re.compile(rb"(" + _TOKEN_CHAR + rb"+):([^\r\n]*)\r?\n")
 _LEADING_BLANK_LINES = 10  # Apache skips at most this many empty lines before a request
 
 
@@ -166,7 +174,36 @@ def _check_target(method: bytes, target: bytes, request_line: bytes) -> None:
 
 
 def parse_head(head: bytes, limits: Limits = Limits()) -> RequestHead:
-    """Parse a complete head (as delimited by ``scan``)."""
+    """Parse a complete head (as delimited by ``scan``).
+
+    A head that ``_PLAIN_HEAD`` matches whole, and that is too short for any
+    line to break the line limit, is read with two regular expressions; every
+    other head takes ``_parse_head_checked``, line by line.  Both give the same
+    answer for every head (tests/test_httpwire.py).
+    """
+    plain = _PLAIN_HEAD.fullmatch(head) if len(head) <= limits.line_bytes else None
+    if plain is None:
+        return _parse_head_checked(head, limits)
+    method, target, version, major, minor, section = plain.groups()
+    request_line = head[: plain.end(3)]
+    headers: dict[str, bytes] = {}
+    fields = _FIELD_LINE.findall(section)
+    if len(fields) > limits.max_headers:
+        return _parse_head_checked(head, limits)  # it words the error
+    hosts = 0
+    for name_bytes, value in fields:
+        name = name_bytes.decode("ascii").lower()
+        value = value.strip(b" \t")
+        if name == "host":
+            hosts += 1
+            if hosts > 1 or not _HOST.match(value):
+                raise BadRequest(400, "bad Host header", request_line)
+        headers[name] = headers[name] + b", " + value if name in headers else value
+    return _complete(request_line, method, target, version, int(major), int(minor), headers)
+
+
+def _parse_head_checked(head: bytes, limits: Limits) -> RequestHead:
+    """``parse_head`` for any head: each line checked, each refusal worded."""
     lines = head.split(b"\n")
     lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
     request_line = lines[0]
@@ -218,17 +255,27 @@ def parse_head(head: bytes, limits: Limits = Limits()) -> RequestHead:
                 raise BadRequest(400, "bad Host header", request_line)
         headers[name] = headers[name] + b", " + value if name in headers else value
         previous = name
-    if (major, minor) >= (1, 1) and "host" not in headers:
+    return _complete(request_line, method, target, version, major, minor, headers)
+
+
+def _complete(request_line: bytes, method: bytes, target: bytes, version: bytes, major: int, minor: int,
+              headers: dict[str, bytes]) -> RequestHead:
+    """What the headers say about the connection and the body; the last checks."""
+    http11 = major > 1 or minor >= 1
+    if http11 and "host" not in headers:
         raise BadRequest(400, "HTTP/1.1 request without Host", request_line)
-    connection = headers.get("connection", b"").lower()
-    if (major, minor) >= (1, 1):
-        keep_alive = b"close" not in connection
+    connection = headers.get("connection")
+    if connection is None:
+        keep_alive = http11
+    elif http11:
+        keep_alive = b"close" not in connection.lower()
     else:
-        keep_alive = b"keep-alive" in connection
-    chunked = b"chunked" in headers.get("transfer-encoding", b"").lower()
+        keep_alive = b"keep-alive" in connection.lower()
+    encoding = headers.get("transfer-encoding")
+    chunked = encoding is not None and b"chunked" in encoding.lower()
     content_length = 0
-    if "content-length" in headers and not chunked:
-        raw = headers["content-length"]
+    raw = headers.get("content-length")
+    if raw is not None and not chunked:
         if not raw.isdigit() or len(raw) > 18:
             raise BadRequest(400, "bad Content-Length", request_line)
         content_length = int(raw)

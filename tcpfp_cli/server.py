@@ -620,11 +620,13 @@ class Connection(asyncio.Protocol):
                 if not self.buffer:
                     return
             try:
-                end = scan(bytes(self.buffer[: (config.limits.line_bytes + 2) * (config.limits.max_headers + 2)]),
-                           config.limits)
+                buffer = self.buffer
+                room = (config.limits.line_bytes + 2) * (config.limits.max_headers + 2)
+                window = bytes(buffer) if len(buffer) <= room else bytes(buffer[:room])
+                end = scan(window, config.limits)
                 if end is None:
                     return
-                head = parse_head(bytes(self.buffer[:end]), config.limits)
+                head = parse_head(window if end == len(window) else window[:end], config.limits)
             except BadRequest as error:
                 self.buffer.clear()
                 self._reject(error)

@@ -1,12 +1,14 @@
-"""The request-head parser: its shortcut for clean header sections changes no answer.
+"""The request-head parser: its shortcuts change no answer.
 
-``parse_head`` checks each header line for folding, a name that is not a
-token and control bytes in the value.  When one regular expression has
-already matched the whole header section as clean lines, it skips those
-checks.  These tests feed heads built from clean, folded, malformed and
-hostile lines and require the same ``RequestHead`` or the same
-``BadRequest`` (status, reason, logged request line) with the shortcut as
-without it.
+``_parse_head_checked`` checks each header line for folding, a name that is
+not a token and control bytes in the value.  It has two shortcuts: when one
+regular expression has already matched the whole header section as clean
+lines, it skips those checks; and ``parse_head`` reads a plain head (an
+origin-form target, HTTP/1.0 or later, clean lines, short enough) with two
+regular expressions and no per-line work at all.  These tests feed heads
+built from clean, folded, malformed and hostile lines and require the same
+``RequestHead`` or the same ``BadRequest`` (status, reason, logged request
+line) from ``parse_head`` as from the fully checked path.
 """
 
 from __future__ import annotations
@@ -31,7 +33,13 @@ FIELD_LINES = [
     b"X-Ctl: a\x01b", b"X-Del: a\x7fb", b"X-CR: a\rb", b"X-High: caf\xc3\xa9", b"X-Quote: \"q\"",
     b"@: at", b"X-A:" + b"a" * 300,
 ]
-REQUEST_LINES = [b"GET / HTTP/1.1", b"GET /p?q=1 HTTP/1.0", b"POST /x HTTP/1.1", b"OPTIONS * HTTP/1.1"]
+REQUEST_LINES = [
+    b"GET / HTTP/1.1", b"GET /p?q=1 HTTP/1.0", b"POST /x HTTP/1.1", b"OPTIONS * HTTP/1.1",
+    b"GET http://example.com/a HTTP/1.1", b"GET http://u:pw@example.com/ HTTP/1.1", b"CONNECT h:443 HTTP/1.1",
+    b"GET /caf\xc3\xa9 HTTP/1.1", b"GET /a#frag HTTP/1.1", b"GET /a\x01 HTTP/1.1", b"GET /a\x7f HTTP/1.1",
+    b"GET / HTTP/0.9", b"GET / HTTP/2.0", b"GET / HTTP/1.10", b"GET / http/1.1", b"GET /", b"GET  / HTTP/1.1",
+    b"G@T / HTTP/1.1", b"GET / HTTP/1.1\r", b"GET /\t HTTP/1.1", b"GET ./x HTTP/1.1",
+]
 
 
 def outcome(head: bytes, limits: httpwire.Limits):
@@ -42,11 +50,15 @@ def outcome(head: bytes, limits: httpwire.Limits):
 
 
 def both(head: bytes, limits: httpwire.Limits = httpwire.Limits()):
+    """(``parse_head``'s outcome, the outcome with every line checked)."""
     fast = outcome(head, limits)
     saved = httpwire._CLEAN_FIELDS
     httpwire._CLEAN_FIELDS = NEVER
     try:
-        slow = outcome(head, limits)
+        try:
+            slow = httpwire._parse_head_checked(head, limits)
+        except BadRequest as error:
+            slow = (error.status, error.reason, error.request_line)
     finally:
         httpwire._CLEAN_FIELDS = saved
     return fast, slow
@@ -90,3 +102,31 @@ def test_clean_browser_head_is_parsed():
                               "accept-encoding": b"gzip, deflate", "connection": b"keep-alive",
                               "x-dup": b"1, 2"}
     assert parsed.keep_alive and parsed.path == b"/index.html" and parsed.query == b"?q=1"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=40), st.sampled_from([b"", b"Host: x\r\n", b"X: 1\r\nHost: a:1\r\n"]))
+def test_arbitrary_request_lines_get_the_same_answer(junk, fields):
+    for line in (junk, b"GET /" + junk + b" HTTP/1.1", b"GET / HTTP/" + junk, junk + b" / HTTP/1.0"):
+        head = line.replace(b"\n", b"") + b"\r\n" + fields + b"\r\n"
+        fast, slow = both(head)
+        assert fast == slow
+
+
+@pytest.mark.parametrize("head", [
+    b"GET / HTTP/1.0\r\nHost: 127.0.0.1:8080\r\nUser-Agent: ApacheBench/2.3\r\nAccept: */*\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n",
+    b"GET /index.html?q=1 HTTP/1.1\nHost: h\nX-Dup: 1\nX-Dup: 2\n\n",
+])
+def test_plain_heads_take_the_two_expression_path_and_agree(head):
+    assert httpwire._PLAIN_HEAD.fullmatch(head)
+    fast, slow = both(head)
+    assert fast == slow and isinstance(fast, httpwire.RequestHead)
+
+
+def test_a_plain_head_longer_than_a_line_may_be_is_checked_line_by_line():
+    limits = httpwire.Limits(max_line=60)
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"v" * 61 + b"\r\n\r\n"
+    assert httpwire._PLAIN_HEAD.fullmatch(head)
+    fast, slow = both(head, limits)
+    assert fast == slow == (400, "header field too long", b"GET / HTTP/1.1")
