@@ -9,21 +9,18 @@
 - ``TCP_INFO`` (11) returns as much of ``struct tcp_info`` as the running
   kernel has; ``tcpinfo.parse_tcp_info`` knows which fields that length holds.
 
-The server reads these on every connection, through the descriptor of a
-socket that the event loop owns.  The loop's own socket object is no help
-there: uvloop's stand-in builds a full ``socket.socket`` (which asks the
-kernel for the family, type and protocol) on every ``getsockopt``, which was
-a tenth of the server's time on keep-alive requests.  ``read_at_accept`` and
-``read_tcp_info_of`` instead wrap the descriptor in the C-level socket type
-with the family given, read, and ``detach`` in a ``finally``: no syscall
-besides the reads, and the descriptor is never closed here.
+The server reads these through the socket objects it holds itself (the C
+socket type at accept, and the ``socket.socket`` it hands to the event loop),
+never through the event loop's stand-in: uvloop's builds a full
+``socket.socket`` (which asks the kernel for the family, type and protocol)
+on every ``getsockopt``, which was a tenth of the server's time on
+keep-alive requests.
 
 Everything else (parsing, fields) is pure and lives elsewhere.
 """
 
 from __future__ import annotations
 
-import _socket  # the C socket type: wrapping a descriptor runs no Python __init__ and no syscall
 import errno
 import socket
 from typing import Protocol
@@ -68,23 +65,3 @@ def read_tcp_info(sock: SockOpts) -> bytes | None:
         return sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, TCP_INFO_BUFFER) or None
     except OSError:
         return None
-
-
-def read_at_accept(fd: int, family: int, saved_syn: bool, tcp_info: bool) -> tuple[bytes | None, bytes | None]:
-    """(SAVED_SYN, TCP_INFO) of the accepted TCP socket ``fd``, each only if asked for.
-
-    ``fd`` stays open and owned by its caller.
-    """
-    try:
-        sock = _socket.socket(family, socket.SOCK_STREAM, 0, fd)
-    except OSError:
-        return None, None
-    try:
-        return (read_saved_syn(sock) if saved_syn else None, read_tcp_info(sock) if tcp_info else None)
-    finally:
-        sock.detach()
-
-
-def read_tcp_info_of(fd: int, family: int) -> bytes | None:
-    """TCP_INFO of the open TCP socket ``fd`` (which stays open), or None."""
-    return read_at_accept(fd, family, saved_syn=False, tcp_info=True)[1]

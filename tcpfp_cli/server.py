@@ -295,8 +295,30 @@ def fingerprint_body(obs: Observation, as_json: bool) -> bytes:
     return "".join(f"{f.name} {render(f, obs)}\n" for f in SCALAR_FIELDS).encode()
 
 
+#: (status, content type, length, keep-alive) -> (the Date it was made with, the head); bounded.
+_heads: dict[tuple, tuple[str, bytes]] = {}
+_HEADS_KEPT = 256
+
+
 def response_head(status: int, content_type: str, length: int, keep_alive: bool,
                   extra: list[tuple[str, str]] = ()) -> bytes:
+    """The status line and headers, with the empty line.  Without ``extra`` the head only
+    changes with the Date, once a second, so it is kept and reused until then."""
+    if extra:
+        return _make_head(status, content_type, length, keep_alive, extra)
+    key = (status, content_type, length, keep_alive)
+    date = http_date()
+    kept = _heads.get(key)
+    if kept is not None and kept[0] is date:
+        return kept[1]
+    head = _make_head(status, content_type, length, keep_alive, ())
+    if kept is not None or len(_heads) < _HEADS_KEPT:
+        _heads[key] = (date, head)
+    return head
+
+
+def _make_head(status: int, content_type: str, length: int, keep_alive: bool,
+               extra: list[tuple[str, str]] | tuple = ()) -> bytes:
     lines = [
         f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
         f"Date: {http_date()}",
@@ -400,7 +422,7 @@ class Connection(asyncio.Protocol):
 
     __slots__ = (
         "server", "transport", "obs", "remote", "local", "buffer", "requests", "timer", "deadline",
-        "fd", "family",
+        "sock", "family",
         "started", "busy", "closing", "head", "body_left", "body", "wants_now", "blank_lines",
         "half_closed", "obs_now",
     )
@@ -436,7 +458,7 @@ class Connection(asyncio.Protocol):
         config = server.config
         self.transport = direct = AcceptTransport(sock)  # type: ignore[assignment]
         accept_us = time.time_ns() // 1000
-        self.fd, self.family = sock.fileno(), sock.family
+        self.sock, self.family = sock, sock.family
         raw_syn = kernel.read_saved_syn(sock) if config.saved_syn else None
         try:
             data: bytes | None = sock.recv(RECEIVE_SIZE, socket.MSG_DONTWAIT)
@@ -488,7 +510,10 @@ class Connection(asyncio.Protocol):
         if self.timer is None and not self.busy:  # keep-alive armed its own; CGI has --cgi-timeout
             self._arm(config.request_timeout)
         server.connections.add(self)
-        asyncio.get_running_loop().create_task(self._hand_over(direct.hand_over(self.family)))
+        # The event loop's transport owns the socket from now on; we keep the object to read
+        # TCP_INFO through (once the transport closes it, reads fail and give '-').
+        self.sock = direct.hand_over(self.family)
+        asyncio.get_running_loop().create_task(self._hand_over(self.sock))
 
     async def _hand_over(self, sock: socket.socket) -> None:
         try:
@@ -681,10 +706,7 @@ class Connection(asyncio.Protocol):
             return self.obs_now
         server = self.server
         if server.wants_now and server.config.tcp_info and not self.transport.is_closing():
-            try:
-                raw = kernel.read_tcp_info_of(self.fd, self.family)
-            except (OSError, ValueError):  # the socket is already gone
-                raw = None
+            raw = kernel.read_tcp_info(self.sock)  # None once the socket is gone
             if raw:
                 return self.obs._replace(tcp_info_now=parse_tcp_info(raw))
         return self.obs
