@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from .errors import UnknownField
 from .sigdb import Match
 from .syn import TTL_MEMBERS, TTL_TEXTS, Fingerprint
-from .tcpinfo import TcpInfo
+from .tcpinfo import TcpInfo, values_reader
 
 if TYPE_CHECKING:
     from .rules import Rule
@@ -49,6 +49,7 @@ class Field(NamedTuple):
     read: Callable[[Observation], Value]
     scalar: bool = True  # False for the whole-structure hex dumps
     member: str | None = None  # the Fingerprint attribute it shows as is, if any
+    info: str | None = None  # the TCP_INFO field it shows (from the ``source`` attribute), if any
 
 
 def _syn(getter: Callable[[Fingerprint], Value]) -> Callable[[Observation], Value]:
@@ -65,6 +66,11 @@ def _info(attr: str, name: str) -> Callable[[Observation], Value]:
         return None if info is None else info.get(name)
 
     return read
+
+
+def _info_field(name: str, meaning: str, source: str, info: str) -> Field:
+    """A field that shows one TCP_INFO field of ``source`` (at accept, or at the request)."""
+    return Field(name, meaning, source, "int", _info(source, info), info=info)
 
 
 def _member(name: str, meaning: str, kind: str, attr: str) -> Field:
@@ -100,19 +106,19 @@ FIELDS: tuple[Field, ...] = (
     Field("FINGERPRINT_OS_MATCH", "how the label matched: exact, fuzzy, generic, or -",
           "os", "text", lambda obs: None if obs.os is None else obs.os.kind),
     # --- the connection -------------------------------------------------------
-    Field("FINGERPRINT_TCP_RTT", "tcpi_rtt at accept, in microseconds: the handshake RTT",
-          "tcp_info", "int", _info("tcp_info", "rtt")),
+    _info_field("FINGERPRINT_TCP_RTT", "tcpi_rtt at accept, in microseconds: the handshake RTT",
+          "tcp_info", "rtt"),
     Field("FINGERPRINT_ACCEPT_TIME", "when the connection was accepted, us since the epoch",
           "connection", "int", lambda obs: obs.accept_time_us),
     # --- TCP_INFO read again at request time ---------------------------------
-    Field("FINGERPRINT_REQ_RTT", "tcpi_rtt when the request arrived, in microseconds",
-          "tcp_info_now", "int", _info("tcp_info_now", "rtt")),
-    Field("FINGERPRINT_REQ_MIN_RTT", "tcpi_min_rtt when the request arrived, in microseconds",
-          "tcp_info_now", "int", _info("tcp_info_now", "min_rtt")),
-    Field("FINGERPRINT_REQ_RCV_MSS", "tcpi_rcv_mss when the request arrived: largest segment seen",
-          "tcp_info_now", "int", _info("tcp_info_now", "rcv_mss")),
-    Field("FINGERPRINT_REQ_TOTAL_RETRANS", "tcpi_total_retrans when the request arrived",
-          "tcp_info_now", "int", _info("tcp_info_now", "total_retrans")),
+    _info_field("FINGERPRINT_REQ_RTT", "tcpi_rtt when the request arrived, in microseconds",
+          "tcp_info_now", "rtt"),
+    _info_field("FINGERPRINT_REQ_MIN_RTT", "tcpi_min_rtt when the request arrived, in microseconds",
+          "tcp_info_now", "min_rtt"),
+    _info_field("FINGERPRINT_REQ_RCV_MSS", "tcpi_rcv_mss when the request arrived: largest segment seen",
+          "tcp_info_now", "rcv_mss"),
+    _info_field("FINGERPRINT_REQ_TOTAL_RETRANS", "tcpi_total_retrans when the request arrived",
+          "tcp_info_now", "total_retrans"),
     # --- what serve did about it -----------------------------------------------
     Field("FINGERPRINT_DENY", "the --deny rule that matched, as LINE:ACTION (e.g. 3:close), or -",
           "deny", "text", lambda obs: None if obs.deny is None else obs.deny.tag),
@@ -165,7 +171,23 @@ class Renderer:
         first_shape = index["ip_version"]  # the fields from here on are the SYN's shape
         members = [f.member for f in self.fields if f.member is not None]
         self._all_members = len(members) == len(self.fields)
-        self._reads = tuple(f.read for f in self.fields if f.member is None)
+        self._no_members = not members
+        # The other fields: those of one TCP_INFO (at accept, or at the request) are read by
+        # one producer each; every other field by its own.  A producer gives a tuple of texts.
+        others = [f for f in self.fields if f.member is None]
+        by_source: dict[str, list[Field]] = {}
+        for f in others:
+            if f.info is not None:
+                by_source.setdefault(f.source, []).append(f)
+        producers, produced = [], []
+        for source, group in by_source.items():
+            producers.append(_info_texts(source, [f.info for f in group]))  # type: ignore[misc]
+            produced += group
+        for f in others:
+            if f.info is None:
+                producers.append(_one_text(f.read))
+                produced.append(f)
+        self._producers = tuple(producers)
         by_ttl = [m for m in members if m in TTL_MEMBERS]
         self._uses_ttl = bool(by_ttl)
         varying = list(dict.fromkeys(m for m in members if index[m] < first_shape and m not in TTL_MEMBERS))
@@ -176,14 +198,10 @@ class Renderer:
         base = len(slot)
         slot |= {m: base + index[m] - first_shape for m in members if index[m] >= first_shape}
         after = base + len(Fingerprint._fields) - first_shape - 1  # shape_texts is not a shape field
-        order, k = [], 0
-        for f in self.fields:
-            if f.member is not None:
-                order.append(slot[f.member])
-            else:
-                order.append(after + k)
-                k += 1
-        self._order = _getter(order)
+        if not members:
+            after = 0  # no member texts come first
+        position = {id(f): after + k for k, f in enumerate(produced)}
+        self._order = _getter([slot[f.member] if f.member is not None else position[id(f)] for f in self.fields])
         self._missing_members = ("-",) * after
 
     def fingerprint_texts(self, fp: Fingerprint) -> tuple[str, ...]:
@@ -202,12 +220,37 @@ class Renderer:
         return varying + fp.shape_texts
 
     def texts(self, obs: Observation) -> tuple[str, ...]:
-        fp = obs.fingerprint
-        members = self._missing_members if fp is None else self._member_texts(fp)
-        if self._all_members:
-            return self._order(members)
-        return self._order(members + tuple(["-" if (v := read(obs)) is None else str(v)
-                                            for read in self._reads]))
+        if self._no_members:
+            members: tuple[str, ...] = ()
+        else:
+            fp = obs.fingerprint
+            members = self._missing_members if fp is None else self._member_texts(fp)
+            if self._all_members:
+                return self._order(members)
+        for produce in self._producers:
+            members += produce(obs)
+        return self._order(members)
+
+
+def _one_text(read: Callable[[Observation], Value]) -> Callable[[Observation], tuple[str]]:
+    return lambda obs: ("-" if (v := read(obs)) is None else str(v),)
+
+
+def _info_texts(source: str, names: list[str]) -> Callable[[Observation], tuple[str, ...]]:
+    """The texts of several fields of the TcpInfo in ``source``, from one unpack."""
+    values = values_reader(names)
+    missing = ("-",) * len(names)
+
+    def texts(obs: Observation) -> tuple[str, ...]:
+        info = getattr(obs, source)
+        if info is None:
+            return missing
+        found = values(info)
+        if None in found:
+            return tuple(["-" if v is None else str(v) for v in found])
+        return tuple(map(str, found))
+
+    return texts
 
 
 def _getter(indices: list[int]) -> Callable[[tuple], tuple]:

@@ -57,7 +57,7 @@ from .logformat import AccessRecord, LogFormat
 from .oslabel import Labeler
 from .rules import RuleSet
 from .syn import parse_syn
-from .tcpinfo import parse_tcp_info
+from .tcpinfo import TcpInfo, parse_tcp_info
 
 SERVER_NAME = "tcpfp"
 _NO_HEADERS: dict = {}  # shared, never written to
@@ -413,6 +413,11 @@ class AcceptTransport:
 
 
 
+def _at_request(obs: Observation, info: TcpInfo) -> Observation:
+    """``obs`` with ``info`` as its request-time TCP_INFO (a third cheaper than ``_replace``)."""
+    return Observation(*obs[:3], info, *obs[4:])
+
+
 def _client_address(address: str) -> str:
     return address[7:] if address.startswith("::ffff:") and "." in address else address
 
@@ -502,7 +507,7 @@ class Connection(asyncio.Protocol):
         self.started = time.time()
         if data:
             if server.wants_now and raw_info:
-                self.obs_now = self.obs._replace(tcp_info_now=self.obs.tcp_info)
+                self.obs_now = _at_request(self.obs, self.obs.tcp_info)
             self.data_received(data)
             self.obs_now = None
         if direct.finished():
@@ -708,7 +713,7 @@ class Connection(asyncio.Protocol):
         if server.wants_now and server.config.tcp_info and not self.transport.is_closing():
             raw = kernel.read_tcp_info(self.sock)  # None once the socket is gone
             if raw:
-                return self.obs._replace(tcp_info_now=parse_tcp_info(raw))
+                return _at_request(self.obs, parse_tcp_info(raw))
         return self.obs
 
     def _finish(self, head: RequestHead, status: int, body: bytes, ctype: str, keep_alive: bool,

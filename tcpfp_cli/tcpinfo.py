@@ -16,6 +16,8 @@ kernel.  Times are microseconds unless named otherwise.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import NamedTuple
 
 
@@ -142,6 +144,47 @@ class TcpInfo(NamedTuple):
     def rtt(self) -> int | None:
         """Smoothed RTT in microseconds; at accept, the handshake RTT."""
         return self.get("rtt")
+
+
+def values_reader(names: Sequence[str]) -> Callable[[TcpInfo], tuple[int | None, ...]]:
+    """A function giving the values of ``names`` from one TcpInfo, in that order.
+
+    It is ``tuple(info.get(n) for n in names)``, made for the log writer, which
+    renders the same few fields of a new TCP_INFO on every request: when the
+    TCP_INFO is long enough for all of them, one ``struct`` unpacks them at
+    once (bitfields shifted and masked after), instead of one per field.
+    """
+    readers = [_READERS[n] for n in names]  # KeyError for a name the layout lacks
+    slots = sorted({(r.offset, r.struct.format) for r in readers})
+    fmt, at = "=", slots[0][0]
+    for offset, part in slots:
+        if offset < at:  # two overlapping fields of different sizes: read each alone
+            return lambda info: tuple([info.get(n) for n in names])
+        fmt += "x" * (offset - at) + part.lstrip("=")
+        at = offset + struct.calcsize("=" + part.lstrip("="))
+    start, end, unpack = slots[0][0], at, struct.Struct(fmt).unpack_from
+    index = {slot: k for k, slot in enumerate(slots)}
+    picks = [index[(r.offset, r.struct.format)] for r in readers]
+    bits = [r.bits for r in readers]
+    if not any(bits):
+        pick = itemgetter(*picks) if len(picks) > 1 else (lambda values, k=picks[0]: (values[k],))
+
+        def read(info: TcpInfo) -> tuple[int | None, ...]:
+            raw = info.raw
+            if len(raw) < end:
+                return tuple([info.get(n) for n in names])
+            return pick(unpack(raw, start))
+    else:
+        masks = [None if b is None else (b[0], (1 << b[1]) - 1) for b in bits]
+
+        def read(info: TcpInfo) -> tuple[int | None, ...]:
+            raw = info.raw
+            if len(raw) < end:
+                return tuple([info.get(n) for n in names])
+            values = unpack(raw, start)
+            return tuple([values[k] if m is None else values[k] >> m[0] & m[1] for k, m in zip(picks, masks)])
+
+    return read
 
 
 def parse_tcp_info(data: bytes | bytearray | memoryview) -> TcpInfo:

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from tcpfp_cli.fields import FIELDS, Observation, Renderer, render
 from tcpfp_cli.sigdb import Match
 from tcpfp_cli.syn import parse_syn
-from tcpfp_cli.tcpinfo import TcpInfo
+from tcpfp_cli.tcpinfo import TCP_INFO_LAYOUT, TcpInfo, values_reader
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures" / "syn").glob("*.json"))
 GOOD = [bytes.fromhex(c["hex"]) for c in (json.loads(p.read_text()) for p in FIXTURES) if "expected" in c]
@@ -98,3 +98,13 @@ def test_fields_of_tcp_info_readings_of_any_length(fields, at_accept, now):
         if same:
             assert Renderer(same).texts(obs) == expected(same, obs)
     assert Renderer(fields).texts(Observation()) == expected(fields, Observation())
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([f.name for f in TCP_INFO_LAYOUT]), min_size=1, max_size=12),
+       st.binary(min_size=0, max_size=300))
+def test_values_reader_is_get_of_each_name(names, raw):
+    """One unpack for several TCP_INFO fields (bitfields and repeats included) gives what
+    ``TcpInfo.get`` gives for each, for a TCP_INFO of any length."""
+    info = TcpInfo(raw)
+    assert values_reader(names)(info) == tuple(info.get(n) for n in names)
