@@ -449,7 +449,7 @@ class Connection(asyncio.Protocol):
         self.obs_now: Observation | None = None  # this callback's request-time observation
 
     # -- accept ----------------------------------------------------------------
-    def accepted(self, sock: _socket.socket, address: tuple) -> None:
+    def accepted(self, sock: _socket.socket, address: tuple, local: tuple[str, int] | None) -> None:
         """Fingerprint a just-accepted connection, and serve what it already sent.
 
         A client usually sends its request right behind the handshake, so it is
@@ -485,12 +485,14 @@ class Connection(asyncio.Protocol):
             fingerprint, raw_syn, parse_tcp_info(raw_info) if raw_info else None, None, accept_us,
             labeler.label(fingerprint) if labeler is not None and fingerprint is not None else None,
         )
-        try:
-            here = sock.getsockname()
-        except OSError:
-            here = ("-", 0)
+        if local is None:  # a wildcard listener: ask which of our addresses the client reached
+            try:
+                here = sock.getsockname()
+            except OSError:
+                here = ("-", 0)
+            local = (_client_address(here[0]), here[1])
         self.remote = (_client_address(address[0]), address[1])
-        self.local = (_client_address(here[0]), here[1])
+        self.local = local
         deny = config.deny
         if deny is not None and (rule := deny.at_accept(self.obs)) is not None:
             self.obs = self.obs._replace(deny=rule)
@@ -859,6 +861,13 @@ class Server:
         self.logs_response_headers = "o" in letters
         self.logs_env = "e" in letters
         self._stopped: asyncio.Event | None = None
+        # The local address of every connection of a listener bound to one address; a
+        # wildcard listener's connections each ask the kernel (getsockname).
+        self._local: dict[socket.socket, tuple[str, int]] = {}
+        for sock in sockets:
+            host, port = sock.getsockname()[:2]
+            if host not in ("0.0.0.0", "::"):
+                self._local[sock] = (_client_address(host), port)
         self.log = AccessLog(config.log_path, shared=config.workers > 1)
         if config.user:
             drop_privileges(config.user)
@@ -867,6 +876,7 @@ class Server:
         """Take the waiting connections of a listening socket (it is readable)."""
         accept = listener._accept  # (fd, address), no socket.socket built
         family = listener.family
+        local = self._local.get(listener)
         for _ in range(ACCEPT_BATCH):
             try:
                 fd, address = accept()
@@ -877,7 +887,7 @@ class Server:
                     self._pause_accepting(listener, error)
                     return
                 continue  # ECONNABORTED and its kind: that client is gone, the next may wait
-            Connection(self).accepted(_socket.socket(family, socket.SOCK_STREAM, 0, fd), address)
+            Connection(self).accepted(_socket.socket(family, socket.SOCK_STREAM, 0, fd), address, local)
 
     def _pause_accepting(self, listener: socket.socket, error: OSError) -> None:
         print(f"tcpfp: cannot accept: {error.strerror}; pausing accepts for {ACCEPT_RETRY_DELAY:g} s",

@@ -126,6 +126,22 @@ def test_a_connection_that_sends_nothing_and_closes_gets_no_line_and_no_harm(ser
     assert [r["request"] for r in served.records(1)] == ["GET /after HTTP/1.0"]
 
 
+def test_the_local_address_is_the_one_each_client_reached(tmp_path):
+    """%A and %p: fixed for a listener bound to one address, asked per connection on a wildcard."""
+    bound, wildcard = free_port(), free_port()
+    with Served(tmp_path, "--listen", f"127.0.0.1:{bound}", "--listen", f"[::]:{wildcard}", port=bound,
+                log_format='%a %A %p "%r"') as served:
+        targets = [("127.0.0.1", bound), ("127.0.0.1", wildcard), ("127.0.0.2", wildcard), ("::1", wildcard)]
+        for host, port in targets:
+            with socket.create_connection((host, port), timeout=5) as s:
+                s.sendall(b"GET /where HTTP/1.0\r\n\r\n")
+                assert _read_to_close(s).startswith(b"HTTP/1.1 200 ")
+        records = served.records(len(targets))
+    assert [(r["remote_addr"], r["local_addr"], r["local_port"]) for r in records] == [
+        ("127.0.0.1", "127.0.0.1", str(bound)), ("127.0.0.1", "127.0.0.1", str(wildcard)),
+        ("127.0.0.1", "127.0.0.2", str(wildcard)), ("::1", "::1", str(wildcard))]
+
+
 # --------------------------------------------------------------------------- AcceptTransport
 
 
