@@ -184,6 +184,24 @@ def parse_head(head: bytes, limits: Limits = Limits()) -> RequestHead:
     plain = _PLAIN_HEAD.fullmatch(head) if len(head) <= limits.line_bytes else None
     if plain is None:
         return _parse_head_checked(head, limits)
+    return _parse_plain(head, plain, limits)
+
+
+def read_plain_head(buffer: bytes, limits: Limits = Limits()) -> tuple[RequestHead, int] | None:
+    """``(parse_head(buffer[:end]), end)`` when ``buffer`` starts with a whole plain head, else None.
+
+    The common request in one step: no ``scan`` first, and one match finds
+    both where the head ends and its parts.  None means "use ``scan`` and
+    ``parse_head``", which give the same answer as this when it answers.
+    """
+    plain = _PLAIN_HEAD.match(buffer)
+    if plain is None or plain.end() > limits.line_bytes:
+        return None
+    end = plain.end()
+    return _parse_plain(buffer[:end] if end < len(buffer) else buffer, plain, limits), end
+
+
+def _parse_plain(head: bytes, plain: re.Match[bytes], limits: Limits) -> RequestHead:
     method, target, version, major, minor, section = plain.groups()
     request_line = head[: plain.end(3)]
     headers: dict[str, bytes] = {}

@@ -52,7 +52,7 @@ from typing import IO
 from . import kernel
 from .errors import MalformedSyn, TcpfpError
 from .fields import SCALAR_FIELDS, Observation, environment, render
-from .httpwire import BadRequest, Limits, RequestHead, parse_head, scan, skip_blank_lines
+from .httpwire import BadRequest, Limits, RequestHead, parse_head, read_plain_head, scan, skip_blank_lines
 from .logformat import AccessRecord, LogFormat
 from .oslabel import Labeler
 from .rules import RuleSet
@@ -68,6 +68,7 @@ REASONS = {
 }
 #: The status logged for a connection a ``close`` rule dropped unanswered (nginx's 444).
 DROPPED = 444
+_LINE_ENDS = frozenset(b"\r\n")  # a buffer starting with one of these may start with empty lines
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 #: A busy server writes its log at most once per FLUSH_DELAY, many lines per ``write``;
 #: a quiet one writes each line at once.  SIGTERM, SIGINT and SIGHUP flush at once.
@@ -547,14 +548,17 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        if self.requests and not self.buffer and self.head is None:
-            # The next request on a kept-alive connection starts; the first one's
-            # clock and timer were set at accept.
+        # The next request on a kept-alive connection starts (the first one's clock
+        # was set at accept).  Its request timeout only matters if it is still
+        # incomplete once what arrived has been read.
+        starts = self.requests and not self.buffer and self.head is None
+        if starts:
             self.started = time.time()
-            self._arm(self.server.config.request_timeout)
         self.buffer += data
         if not self.busy:
             self._process()
+        if starts and not self.closing and not self.busy and (self.buffer or self.head is not None):
+            self._arm(self.server.config.request_timeout)
 
     def eof_received(self) -> bool:
         if self.busy:  # a CGI script is answering: keep the socket open to write it
@@ -645,8 +649,7 @@ class Connection(asyncio.Protocol):
                 continue
             if not self.buffer:
                 return
-            blank = skip_blank_lines(self.buffer)
-            if blank:
+            if self.buffer[0] in _LINE_ENDS and (blank := skip_blank_lines(self.buffer)):
                 del self.buffer[:blank]  # empty lines before a request are ignored...
                 self.blank_lines = True  # ...unless nothing follows them
                 if not self.buffer:
@@ -655,10 +658,14 @@ class Connection(asyncio.Protocol):
                 buffer = self.buffer
                 room = (config.limits.line_bytes + 2) * (config.limits.max_headers + 2)
                 window = bytes(buffer) if len(buffer) <= room else bytes(buffer[:room])
-                end = scan(window, config.limits)
-                if end is None:
-                    return
-                head = parse_head(window if end == len(window) else window[:end], config.limits)
+                plain = read_plain_head(window, config.limits)
+                if plain is not None:  # the usual request: found and read in one step
+                    head, end = plain
+                else:
+                    end = scan(window, config.limits)
+                    if end is None:
+                        return
+                    head = parse_head(window if end == len(window) else window[:end], config.limits)
             except BadRequest as error:
                 self.buffer.clear()
                 self._reject(error)

@@ -122,6 +122,7 @@ def test_plain_heads_take_the_two_expression_path_and_agree(head):
     assert httpwire._PLAIN_HEAD.fullmatch(head)
     fast, slow = both(head)
     assert fast == slow and isinstance(fast, httpwire.RequestHead)
+    assert httpwire.read_plain_head(head + b"GET /next HTTP/1.1\r\n") == (fast, len(head))
 
 
 def test_a_plain_head_longer_than_a_line_may_be_is_checked_line_by_line():
@@ -130,3 +131,31 @@ def test_a_plain_head_longer_than_a_line_may_be_is_checked_line_by_line():
     assert httpwire._PLAIN_HEAD.fullmatch(head)
     fast, slow = both(head, limits)
     assert fast == slow == (400, "header field too long", b"GET / HTTP/1.1")
+
+
+def _scanned(buffer: bytes, limits: httpwire.Limits):
+    """What scan and parse_head make of the start of ``buffer``."""
+    try:
+        end = httpwire.scan(buffer, limits)
+        if end is None:
+            return None
+        return httpwire.parse_head(buffer[:end], limits), end
+    except BadRequest as error:
+        return (error.status, error.reason, error.request_line)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.sampled_from(REQUEST_LINES), st.lists(st.sampled_from(FIELD_LINES), max_size=6),
+       st.sampled_from([b"\r\n", b"\n"]), st.binary(max_size=30),
+       st.sampled_from([httpwire.Limits(), httpwire.Limits(max_line=50, max_headers=2)]))
+def test_reading_a_plain_head_in_one_step_agrees_with_scan_and_parse(request_line, fields, eol, rest, limits):
+    """read_plain_head answers only for a buffer that starts with a whole plain head, and then
+    exactly as scan and parse_head do; whatever follows the head (a next request) is left."""
+    buffer = b"".join(line + eol for line in [request_line, *fields]) + eol + rest
+    for candidate in (buffer, buffer[: len(buffer) // 2]):
+        try:
+            plain = httpwire.read_plain_head(candidate, limits)
+        except BadRequest as error:
+            plain = (error.status, error.reason, error.request_line)
+        if plain is not None:
+            assert plain == _scanned(candidate, limits)
