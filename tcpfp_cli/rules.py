@@ -97,8 +97,26 @@ class _Run(NamedTuple):
     """Consecutive accept-time rules; ``memo`` None: evaluate them every time."""
 
     rules: tuple[Rule, ...]
-    reads: tuple[Callable[[Observation], object], ...]
+    key: Callable[[Observation], tuple] | None  # the values the rules read, as a memo key
     memo: dict[tuple, Rule | None] | None
+
+
+def _key_of(fields: list[Field]) -> Callable[[Observation], tuple]:
+    """A function giving the values of ``fields`` in ``obs`` (a run's memo key).
+
+    Fingerprint members are fetched by one ``attrgetter`` on the Fingerprint (all
+    ``None`` when there is none, as their reads give); other fields by their reads.
+    """
+    members = tuple(dict.fromkeys(f.member for f in fields if f.member is not None))
+    reads = tuple(dict.fromkeys(f.read for f in fields if f.member is None))
+    if not members:
+        return lambda obs: tuple([read(obs) for read in reads])
+    get = operator.attrgetter(*members)
+    missing = (None,) * len(members) if len(members) > 1 else None
+    if not reads:
+        return lambda obs: (missing if (fp := obs.fingerprint) is None else get(fp),)
+    return lambda obs: (missing if (fp := obs.fingerprint) is None else get(fp),
+                        *[read(obs) for read in reads])
 
 
 class RuleSet:
@@ -119,13 +137,13 @@ class RuleSet:
         runs: list[_Run] = []
         for rule in (r for r in self.rules if not r.request_time):
             if any(_per_connection(f) for f in rule.fields):
-                runs.append(_Run((rule,), (), None))
+                runs.append(_Run((rule,), None, None))
             elif runs and runs[-1].memo is not None:
-                runs[-1] = _Run(runs[-1].rules + (rule,), (), {})
+                runs[-1] = _Run(runs[-1].rules + (rule,), None, {})
             else:
-                runs.append(_Run((rule,), (), {}))
+                runs.append(_Run((rule,), None, {}))
         self._accept_runs = tuple(
-            run._replace(reads=tuple(dict.fromkeys(f.read for r in run.rules for f in r.fields)))
+            run._replace(key=_key_of([f for r in run.rules for f in r.fields]))
             for run in runs)
 
     def __len__(self) -> int:
@@ -133,13 +151,13 @@ class RuleSet:
 
     def at_accept(self, obs: Observation) -> Rule | None:
         """The first rule that matches what is known at accept (request-time rules skipped)."""
-        for rules, reads, memo in self._accept_runs:
+        for rules, key_of, memo in self._accept_runs:
             if memo is None:
                 for rule in rules:
                     if rule.test(obs):
                         return rule
                 continue
-            key = tuple([read(obs) for read in reads])
+            key = key_of(obs)  # type: ignore[misc]
             if key in memo:
                 found = memo[key]
             else:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import struct
-import timeit
 from pathlib import Path
 
 import pytest
@@ -307,18 +306,17 @@ def test_request_time_fields_are_allowed_in_403_rules():
 # --------------------------------------------------------------------------- speed
 
 
-def test_twenty_rules_are_compiled_once_and_cheap_to_evaluate():
-    """Rules are closures built when the file is read; evaluating all 20 of a
-    file on a connection that matches none of them takes microseconds (about
-    4 us on the reference machine; the bound leaves room for a busy CI)."""
+def test_twenty_rules_that_match_nothing_answer_none_every_time():
+    """Rules are closures built when the file is read, and their accept-time answer is
+    remembered per tuple of the values they read; asked again, the answer is the same.
+    (How fast this is, is measured by bench/serve's tcpfp-deny variant, not here.)"""
     lines = [f"TCP_WSIZE = {1000 + i} and IP_TTL = {i} and TCP_MSS < 536 -> 403" if i % 2 else
              f'OS ~ "*thing{i}*" or TCP_OPTIONS = 2,{i} -> close' for i in range(20)]
     rules = parse_rules("\n".join(lines))
     assert len(rules) == 20
-    for obs in (MOZI, WINDOWS, MACOS):
-        assert rules.at_accept(obs) is None
-        per_call = min(timeit.repeat(lambda: rules.at_accept(obs), number=2000, repeat=5)) / 2000
-        assert per_call < 50e-6, f"{per_call * 1e6:.1f} us per evaluation of 20 rules"
+    for obs in (MOZI, WINDOWS, MACOS, Observation()):
+        for _ in range(3):
+            assert rules.at_accept(obs) is None
 
 
 def test_remembered_accept_answers_equal_evaluating_every_rule():
@@ -345,3 +343,7 @@ def test_remembered_accept_answers_equal_evaluating_every_rule():
             expected = next((r for r in rules.rules if not r.request_time and r.test(obs)), None)
             assert rules.at_accept(obs) is expected
             assert rules.at_accept(obs) is expected  # now from memory
+    for obs in (Observation(), Observation(saved_syn=b"\x45")):  # no Fingerprint: every member is None
+        expected = next((r for r in rules.rules if not r.request_time and r.test(obs)), None)
+        assert rules.at_accept(obs) is expected
+        assert rules.at_accept(obs) is expected
