@@ -194,8 +194,10 @@ def read_plain_head(buffer: bytes, limits: Limits = Limits()) -> tuple[RequestHe
     both where the head ends and its parts.  None means "use ``scan`` and
     ``parse_head``", which give the same answer as this when it answers.
     """
-    plain = _PLAIN_HEAD.match(buffer)
-    if plain is None or plain.end() > limits.line_bytes:
+    # A head longer than a line may be is never plain: look no further than that, so a
+    # long head still arriving costs no more than one line's worth per look.
+    plain = _PLAIN_HEAD.match(buffer, 0, limits.line_bytes)
+    if plain is None:
         return None
     end = plain.end()
     return _parse_plain(buffer[:end] if end < len(buffer) else buffer, plain, limits), end

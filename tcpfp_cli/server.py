@@ -35,6 +35,7 @@ from __future__ import annotations
 import _socket  # accepted sockets: the C socket type, no Python __init__ per connection
 import asyncio
 import errno
+import ipaddress
 import json
 import os
 import select
@@ -514,6 +515,13 @@ class Connection(asyncio.Protocol):
             self.data_received(data)
             self.obs_now = None
         if direct.finished():
+            # Answered and closed here, or the client reset while we answered: nothing is
+            # left for the event loop.  A request it had only begun still gets its line.
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self._log_unfinished(400)
+            self.closing = True
             return
         if self.timer is None and not self.busy:  # keep-alive armed its own; CGI has --cgi-timeout
             self._arm(config.request_timeout)
@@ -873,7 +881,9 @@ class Server:
         self._local: dict[socket.socket, tuple[str, int]] = {}
         for sock in sockets:
             host, port = sock.getsockname()[:2]
-            if host not in ("0.0.0.0", "::"):
+            address = ipaddress.ip_address(host.split("%")[0])
+            mapped = getattr(address, "ipv4_mapped", None)
+            if not (address.is_unspecified or (mapped is not None and mapped.is_unspecified)):
                 self._local[sock] = (_client_address(host), port)
         self.log = AccessLog(config.log_path, shared=config.workers > 1)
         if config.user:

@@ -10,8 +10,12 @@ test ``AcceptTransport``'s bookkeeping on a socket pair.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import struct
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -22,21 +26,41 @@ from tcpfp_cli.server import AcceptTransport
 FORMAT = '%h %p "%r" %>s %b %k ' + " ".join(f'"%{{{f.name}}}g"' for f in FIELDS if f.scalar)
 
 
-def _read_answer(s: socket.socket) -> bytes:
-    """One answer with a Content-Length, read from a kept-alive connection."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
+class Answers:
+    """Answers with a Content-Length read one at a time from a kept-alive connection;
+    bytes of the next answer that arrived with this one are kept for it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.data = b""
+
+    def _more(self) -> None:
+        chunk = self.sock.recv(65536)
         assert chunk, "the server closed before its answer"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
-    while len(body) < length:
-        chunk = s.recv(65536)
-        assert chunk
-        body += chunk
-    assert len(body) == length  # nothing beyond this answer was sent yet
-    return head
+        self.data += chunk
+
+    def next(self) -> bytes:
+        """The next answer's head (its body is read and checked for length)."""
+        while b"\r\n\r\n" not in self.data:
+            self._more()
+        head, _, rest = self.data.partition(b"\r\n\r\n")
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        self.data = rest
+        while len(self.data) < length:
+            self._more()
+        self.data = self.data[length:]
+        return head
+
+
+@contextmanager
+def paused(served: Served):
+    """The server process stopped (SIGSTOP, by PID): clients queue, with what they send,
+    in the accept queue, so the accept callback finds their requests waiting."""
+    os.kill(served.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(served.process.pid, signal.SIGCONT)
 
 
 def _read_to_close(s: socket.socket) -> bytes:
@@ -102,10 +126,12 @@ def test_an_answer_larger_than_the_socket_buffers_is_sent_whole_and_then_closed(
 
 def test_keep_alive_goes_on_after_requests_served_at_accept(served):
     with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
-        # Two requests in the first segment: both are answered in the accept callback.
-        s.sendall(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert _read_answer(s).startswith(b"HTTP/1.1 200 ")
-        assert _read_answer(s).startswith(b"HTTP/1.1 200 ")
+        with paused(served):  # both requests wait for the accept, which answers them
+            s.sendall(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.05)
+        answers = Answers(s)
+        assert answers.next().startswith(b"HTTP/1.1 200 ")
+        assert answers.next().startswith(b"HTTP/1.1 200 ")
         time.sleep(0.1)  # the third arrives at the event loop's transport
         s.sendall(b"GET /3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert _read_to_close(s).startswith(b"HTTP/1.1 200 ")
@@ -115,6 +141,37 @@ def test_keep_alive_goes_on_after_requests_served_at_accept(served):
     assert len({r["FINGERPRINT_ACCEPT_TIME"] for r in records}) == 1  # one connection, one fingerprint
     for record in records:  # TCP_INFO at the request: at accept for the first two, read again for the third
         assert record["FINGERPRINT_REQ_RTT"] is not None and record["FINGERPRINT_REQ_RCV_MSS"] is not None
+
+
+def _send_then_reset(port: int, payload: bytes) -> None:
+    client = socket.create_connection(("127.0.0.1", port), timeout=5)
+    client.sendall(payload)
+    time.sleep(0.05)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # RST
+    time.sleep(0.05)
+
+
+def test_a_request_begun_by_a_client_that_reset_gets_its_line_at_once(served):
+    """Found in review: the answer to the first request fails (the client reset), and the
+    second request, only begun, must still get its line, as 400, without waiting for a
+    keep-alive timer of a connection that is gone."""
+    with paused(served):
+        _send_then_reset(served.port, b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HT")
+    records = served.records(2)
+    assert [(r["request"], r["status"]) for r in records] == [("GET /1 HTTP/1.1", "200"), ("GET /2 HT", "400")]
+
+
+def test_sigterm_right_after_such_a_reset_loses_no_line(tmp_path):
+    port = free_port()
+    server = Served(tmp_path, "--listen", f"127.0.0.1:{port}", port=port, log_format=FORMAT)
+    try:
+        with paused(server):
+            _send_then_reset(port, b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HT")
+        time.sleep(0.3)
+    finally:
+        assert server.stop() == 0
+    assert [r["request"] for r in server.records()] == ["GET /1 HTTP/1.1", "GET /2 HT"]
 
 
 def test_a_connection_that_sends_nothing_and_closes_gets_no_line_and_no_harm(served):
@@ -140,6 +197,16 @@ def test_the_local_address_is_the_one_each_client_reached(tmp_path):
     assert [(r["remote_addr"], r["local_addr"], r["local_port"]) for r in records] == [
         ("127.0.0.1", "127.0.0.1", str(bound)), ("127.0.0.1", "127.0.0.1", str(wildcard)),
         ("127.0.0.1", "127.0.0.2", str(wildcard)), ("::1", "::1", str(wildcard))]
+
+
+def test_an_ipv4_mapped_wildcard_listener_is_a_wildcard_too(tmp_path):
+    port = free_port()
+    with Served(tmp_path, "--listen", f"[::ffff:0.0.0.0]:{port}", port=port, log_format='%A %p "%r"') as served:
+        for host in ("127.0.0.1", "127.0.0.2"):
+            with socket.create_connection((host, port), timeout=5) as s:
+                s.sendall(b"GET /mapped HTTP/1.0\r\n\r\n")
+                assert _read_to_close(s).startswith(b"HTTP/1.1 200 ")
+        assert [r["local_addr"] for r in served.records(2)] == ["127.0.0.1", "127.0.0.2"]
 
 
 # --------------------------------------------------------------------------- AcceptTransport
