@@ -10,6 +10,7 @@ bad lines.  Apache itself is the oracle in test_logformat_apache.py.
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 import time
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tcpfp_cli.errors import TcpfpError
-from tcpfp_cli.fields import Observation
+from tcpfp_cli.fields import FIELDS, Observation, render
 from tcpfp_cli.logformat import (
     AccessRecord,
     Directive,
@@ -555,3 +556,39 @@ def test_one_writer_follows_changing_connections() -> None:
     other = OBS._replace(fingerprint=parse_syn(other_syn), saved_syn=other_syn)
     assert fmt.write(record(observation=other)) == "52 1380 180000 1448"
     assert fmt.write(record()) == "64 65495 180000 1448"
+
+
+FIXTURE_SYNS = [
+    bytes.fromhex(case["hex"])
+    for case in (json.loads(p.read_text()) for p in sorted((Path(__file__).parent / "fixtures" / "syn").glob("*.json")))
+    if "expected" in case
+]
+SYN_MEMBERS = [f for f in FIELDS if f.source == "syn" and f.member is not None]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(SYN_MEMBERS), min_size=2, max_size=12, unique=True),
+       st.lists(st.tuples(st.sampled_from(FIXTURE_SYNS), st.integers(1, 255), st.integers(0, 65535)),
+                min_size=1, max_size=6),
+       st.booleans())
+def test_runs_of_syn_fields_are_written_as_each_field_renders(fields, connections, percent):
+    """The writer of a run of SYN fields keeps a template per SYN shape (shape fields written
+    in, TTL, IP ID and the like left to fill) and the text of the last SYN.  Whatever
+    SYNs come in whatever order (same shape with another TTL or IP ID, another shape, the
+    same SYN again, none at all), each line is what rendering field by field gives."""
+    joiner = " 100%% " if percent else " "  # a literal '%' inside the run
+    fmt = compile_format(joiner.join(f'"%{{{f.name}}}g"' if f.kind == "text" else f"%{{{f.name}}}g"
+                                     for f in fields))
+    observations = []
+    for data, ttl, ip_id in connections:
+        raw = bytearray(data)
+        if raw[0] >> 4 == 4:
+            raw[8], raw[4:6] = ttl, ip_id.to_bytes(2, "big")
+        else:
+            raw[7] = ttl
+        observations.append(Observation(parse_syn(bytes(raw)), bytes(raw)))
+    observations += [observations[0], NO_SYN, observations[-1]]
+    for obs in observations:
+        expected = (" 100% " if percent else " ").join(
+            f'"{render(f, obs)}"' if f.kind == "text" else render(f, obs) for f in fields)
+        assert fmt.write(record(observation=obs)) == expected
