@@ -308,3 +308,49 @@ def test_a_client_that_is_gone_closes_the_transport_and_drops_the_answer(pair):
     direct.write(b"nor this")  # no error
     direct.close()
     assert direct.finished()
+
+
+@pytest.fixture
+def tcp_pair():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.create_connection(listener.getsockname(), timeout=5)
+    ours, _ = listener.accept()
+    listener.close()
+    yield ours, client
+    client.close()
+    ours.close()
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_a_last_answer_is_held_and_leaves_with_the_close(tcp_pair):
+    ours, client = tcp_pair
+    direct = _transport(ours)
+    direct.write(b"the answer", last=True)
+    assert not direct.finished()
+    direct.close()
+    assert direct.finished()
+    assert _read_all(client) == b"the answer"
+
+
+def test_a_last_answer_still_arrives_when_the_client_sent_more_than_was_read(tcp_pair):
+    """close() with unread input resets the connection: the held answer must have left first."""
+    ours, client = tcp_pair
+    client.sendall(b"x" * 100_000)
+    time.sleep(0.05)
+    direct = _transport(ours)
+    direct.write(b"400 Bad Request\n", last=True)
+    direct.close()
+    assert _read_all(client) == b"400 Bad Request\n"
