@@ -537,9 +537,11 @@ class _Writer(NamedTuple):
 #: so keep-alive requests on one connection render the SYN fields once.
 _SOURCE_ATTRS = {
     "syn": ("fingerprint", "saved_syn"),
+    "os": ("os",),
     "tcp_info": ("tcp_info",),
     "tcp_info_now": ("tcp_info_now",),
     "connection": ("accept_time_us",),
+    "deny": ("deny",),
 }
 
 
@@ -596,10 +598,11 @@ def _line_writer(template: str, writers: tuple[Callable[[_R], str], ...]) -> Cal
 
 
 def _run_writer(fields: tuple[Field, ...], template: str, attrs: tuple[str, ...]) -> Callable[[_R], str]:
-    if len(fields) == 1:
-        (field,) = fields
-        return lambda r: render(field, r.observation)
-    key = attrgetter(*attrs) if len(attrs) > 1 else (lambda obs, a=attrs[0]: (getattr(obs, a),))
+    """The text of a run of fields of one source, kept while the source's objects are the
+    same ones (the requests of a kept-alive connection share them)."""
+    if len(attrs) == 1:
+        return _run_writer_of_one(fields, template, attrs[0])
+    key = attrgetter(*attrs)
     texts = Renderer(fields).texts
     cache: list[object] = [(), ""]  # the key objects last rendered, and the text
 
@@ -614,6 +617,32 @@ def _run_writer(fields: tuple[Field, ...], template: str, attrs: tuple[str, ...]
         return text
 
     return write
+
+
+def _run_writer_of_one(fields: tuple[Field, ...], template: str, attr: str) -> Callable[[_R], str]:
+    """``_run_writer`` for a source of one attribute (TCP_INFO, the label, the accept time...)."""
+    if len(fields) == 1:
+        (field,) = fields
+        read = field.read
+        produce: Callable[[Observation], str] = lambda obs: "-" if (v := read(obs)) is None else str(v)  # noqa: E731
+    else:
+        texts = Renderer(fields).texts
+        produce = lambda obs: template % tuple(texts(obs))  # noqa: E731
+    cache: list[object] = [_UNSET, ""]  # the object last rendered, and the text
+
+    def write(r: _R) -> str:
+        obs = r.observation
+        now = getattr(obs, attr)
+        if now is cache[0]:
+            return cache[1]  # type: ignore[return-value]
+        text = produce(obs)
+        cache[0], cache[1] = now, text
+        return text
+
+    return write
+
+
+_UNSET = object()
 
 
 def _field_writer(field: Field) -> Callable[[_R], str]:

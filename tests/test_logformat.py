@@ -592,3 +592,28 @@ def test_runs_of_syn_fields_are_written_as_each_field_renders(fields, connection
         expected = (" 100% " if percent else " ").join(
             f'"{render(f, obs)}"' if f.kind == "text" else render(f, obs) for f in fields)
         assert fmt.write(record(observation=obs)) == expected
+
+
+def test_fields_of_one_object_follow_each_change_of_that_object() -> None:
+    """Runs of the label, TCP_INFO, accept time and deny fields keep their text while
+    their object is the same one (keep-alive) and change with it."""
+    from tcpfp_cli.rules import parse_rule
+    from tcpfp_cli.sigdb import Match
+
+    fmt = compile_format("%{FINGERPRINT_TCP_RTT}g %h %{FINGERPRINT_OS}g %{FINGERPRINT_OS_MATCH}g %h "
+                         "%{FINGERPRINT_ACCEPT_TIME}g %h %{FINGERPRINT_DENY}g")
+    linux = Match("unix:Linux:3.11 and newer", "exact", None, 1)
+    rule = parse_rule("TCP_MSS = 1 -> 403", 7)
+    first = OBS._replace(os=linux)
+    steps = [
+        (first, "201700 192.0.2.7 unix:Linux:3.11 and newer exact 192.0.2.7 1700000000123456 192.0.2.7 -"),
+        (first, "201700 192.0.2.7 unix:Linux:3.11 and newer exact 192.0.2.7 1700000000123456 192.0.2.7 -"),
+        (first._replace(tcp_info=parse_tcp_info(tcp_info(rtt=5))), "5 192.0.2.7 unix:Linux:3.11 and newer exact "
+         "192.0.2.7 1700000000123456 192.0.2.7 -"),
+        (first._replace(os=Match("win:Windows:7 or 8", "fuzzy", None, 2), accept_time_us=7, deny=rule),
+         "201700 192.0.2.7 win:Windows:7 or 8 fuzzy 192.0.2.7 7 192.0.2.7 7:403"),
+        (NO_SYN, "- 192.0.2.7 - - 192.0.2.7 - 192.0.2.7 -"),
+        (first, "201700 192.0.2.7 unix:Linux:3.11 and newer exact 192.0.2.7 1700000000123456 192.0.2.7 -"),
+    ]
+    for obs, line in steps:
+        assert fmt.write(record(observation=obs)) == line
