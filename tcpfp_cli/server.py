@@ -433,7 +433,6 @@ class AcceptTransport:
         self.state = self.CLOSED
 
 
-
 def _at_request(obs: Observation, info: TcpInfo) -> Observation:
     """``obs`` with ``info`` as its request-time TCP_INFO (a third cheaper than ``_replace``)."""
     return Observation(*obs[:3], info, *obs[4:])
