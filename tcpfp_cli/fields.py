@@ -107,18 +107,18 @@ FIELDS: tuple[Field, ...] = (
           "os", "text", lambda obs: None if obs.os is None else obs.os.kind),
     # --- the connection -------------------------------------------------------
     _info_field("FINGERPRINT_TCP_RTT", "tcpi_rtt at accept, in microseconds: the handshake RTT",
-          "tcp_info", "rtt"),
+                "tcp_info", "rtt"),
     Field("FINGERPRINT_ACCEPT_TIME", "when the connection was accepted, us since the epoch",
           "connection", "int", lambda obs: obs.accept_time_us),
     # --- TCP_INFO read again at request time ---------------------------------
     _info_field("FINGERPRINT_REQ_RTT", "tcpi_rtt when the request arrived, in microseconds",
-          "tcp_info_now", "rtt"),
+                "tcp_info_now", "rtt"),
     _info_field("FINGERPRINT_REQ_MIN_RTT", "tcpi_min_rtt when the request arrived, in microseconds",
-          "tcp_info_now", "min_rtt"),
+                "tcp_info_now", "min_rtt"),
     _info_field("FINGERPRINT_REQ_RCV_MSS", "tcpi_rcv_mss when the request arrived: largest segment seen",
-          "tcp_info_now", "rcv_mss"),
+                "tcp_info_now", "rcv_mss"),
     _info_field("FINGERPRINT_REQ_TOTAL_RETRANS", "tcpi_total_retrans when the request arrived",
-          "tcp_info_now", "total_retrans"),
+                "tcp_info_now", "total_retrans"),
     # --- what serve did about it -----------------------------------------------
     Field("FINGERPRINT_DENY", "the --deny rule that matched, as LINE:ACTION (e.g. 3:close), or -",
           "deny", "text", lambda obs: None if obs.deny is None else obs.deny.tag),
@@ -185,7 +185,7 @@ class Renderer:
             produced += group
         for f in others:
             if f.info is None:
-                producers.append(_one_text(f.read))
+                producers.append(_one_text(f))
                 produced.append(f)
         self._producers = tuple(producers)
         by_ttl = [m for m in members if m in TTL_MEMBERS]
@@ -232,8 +232,8 @@ class Renderer:
         return self._order(members)
 
 
-def _one_text(read: Callable[[Observation], Value]) -> Callable[[Observation], tuple[str]]:
-    return lambda obs: ("-" if (v := read(obs)) is None else str(v),)
+def _one_text(field: Field) -> Callable[[Observation], tuple[str]]:
+    return lambda obs: (render(field, obs),)
 
 
 def _info_texts(source: str, names: list[str]) -> Callable[[Observation], tuple[str, ...]]:

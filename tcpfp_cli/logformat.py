@@ -256,8 +256,8 @@ class LogFormat:
         self.items = items
         self.directives: tuple[Directive, ...] = tuple(i for i in items if isinstance(i, Directive))
         self.columns: tuple[str, ...] = tuple(d.column for d in self.directives)
-        self._template, self._writers = _build_writer(items, writers)
-        self.write = _line_writer(self._template, self._writers)  # type: ignore[method-assign]
+        #: One log line for an AccessRecord, without the newline (``_line_writer``).
+        self.write: Callable[[AccessRecord], str] = _line_writer(*_build_writer(items, writers))
         self._parts = _regex_parts(items)
         self.pattern = "".join(self._parts)  # one group per directive, in ``columns`` order
         self._regex = re.compile(self.pattern, re.DOTALL)
@@ -268,11 +268,6 @@ class LogFormat:
 
     def __repr__(self) -> str:
         return f"LogFormat({self.format!r})"
-
-    def write(self, record: AccessRecord) -> str:
-        """One log line for ``record``, without the newline (replaced per instance by
-        ``_line_writer``'s function, which gives the same text)."""
-        return self._template % tuple([w(record) for w in self._writers])
 
     def parse(self, line: str) -> dict[str, str | None]:
         """The values of a line this format wrote, by column; ``-`` is ``None``."""
@@ -623,8 +618,7 @@ def _run_writer_of_one(fields: tuple[Field, ...], template: str, attr: str) -> C
     """``_run_writer`` for a source of one attribute (TCP_INFO, the label, the accept time...)."""
     if len(fields) == 1:
         (field,) = fields
-        read = field.read
-        produce: Callable[[Observation], str] = lambda obs: "-" if (v := read(obs)) is None else str(v)  # noqa: E731
+        produce: Callable[[Observation], str] = lambda obs: render(field, obs)  # noqa: E731
     else:
         texts = Renderer(fields).texts
         produce = lambda obs: template % tuple(texts(obs))  # noqa: E731
