@@ -94,7 +94,7 @@ class Rule(NamedTuple):
 
 
 class _Run(NamedTuple):
-    """Consecutive accept-time rules; ``memo`` None: evaluate them every time."""
+    """Consecutive accept-time rules; ``key`` and ``memo`` None: evaluate them every time."""
 
     rules: tuple[Rule, ...]
     key: Callable[[Observation], tuple] | None  # the values the rules read, as a memo key
@@ -134,17 +134,17 @@ class RuleSet:
         # such values is answered from memory, per tuple of the values it
         # reads; a rule that reads a value new on every connection (IP ID,
         # timestamps, flow label, RTT, accept time) is evaluated each time.
-        runs: list[_Run] = []
+        runs: list[tuple[list[Rule], bool]] = []  # (rules, remembered)
         for rule in (r for r in self.rules if not r.request_time):
-            if any(_per_connection(f) for f in rule.fields):
-                runs.append(_Run((rule,), None, None))
-            elif runs and runs[-1].memo is not None:
-                runs[-1] = _Run(runs[-1].rules + (rule,), None, {})
+            remembered = not any(_per_connection(f) for f in rule.fields)
+            if remembered and runs and runs[-1][1]:
+                runs[-1][0].append(rule)
             else:
-                runs.append(_Run((rule,), None, {}))
+                runs.append(([rule], remembered))
         self._accept_runs = tuple(
-            run._replace(key=_key_of([f for r in run.rules for f in r.fields]))
-            for run in runs)
+            _Run(tuple(rules), _key_of([f for r in rules for f in r.fields]), {}) if remembered
+            else _Run(tuple(rules), None, None)
+            for rules, remembered in runs)
 
     def __len__(self) -> int:
         return len(self.rules)
