@@ -417,9 +417,10 @@ class AcceptTransport:
     def finished(self) -> bool:
         return self.state == self.CLOSED
 
-    def hand_over(self, family: int) -> socket.socket:
+    def hand_over(self) -> socket.socket:
         """The socket, for the event loop to take; from now on everything is kept for ``replay``."""
         self.state = self.HANDING_OVER
+        family = self.sock.family
         return socket.socket(family, socket.SOCK_STREAM, 0, self.sock.detach())
 
     def replay(self, transport: asyncio.Transport) -> None:
@@ -447,8 +448,8 @@ class Connection(asyncio.Protocol):
 
     __slots__ = (
         "server", "transport", "obs", "remote", "local", "buffer", "requests", "timer", "deadline",
-        "sock", "family",
-        "started", "busy", "closing", "head", "body_left", "body", "wants_now", "blank_lines",
+        "sock",
+        "started", "busy", "closing", "head", "body_left", "body", "blank_lines",
         "half_closed", "obs_now",
     )
 
@@ -483,7 +484,7 @@ class Connection(asyncio.Protocol):
         config = server.config
         self.transport = direct = AcceptTransport(sock)  # type: ignore[assignment]
         accept_us = time.time_ns() // 1000
-        self.sock, self.family = sock, sock.family
+        self.sock = sock
         raw_syn = kernel.read_saved_syn(sock) if config.saved_syn else None
         try:
             data: bytes | None = sock.recv(RECEIVE_SIZE, socket.MSG_DONTWAIT)
@@ -546,7 +547,7 @@ class Connection(asyncio.Protocol):
         server.connections.add(self)
         # The event loop's transport owns the socket from now on; we keep the object to read
         # TCP_INFO through (once the transport closes it, reads fail and give '-').
-        self.sock = direct.hand_over(self.family)
+        self.sock = direct.hand_over()
         asyncio.get_running_loop().create_task(self._hand_over(self.sock))
 
     async def _hand_over(self, sock: socket.socket) -> None:

@@ -261,7 +261,7 @@ def test_what_the_socket_cannot_take_waits_and_is_replayed_first_then_the_close(
     direct.write(b"-and-more")
     direct.close()
     assert not direct.finished()  # the rest still has to be sent: the event loop takes over
-    handed = direct.hand_over(socket.AF_UNIX)
+    handed = direct.hand_over()
     try:
         direct.write(b"-after")
         loop_transport = LoopTransport()
@@ -287,7 +287,7 @@ def test_what_the_socket_cannot_take_waits_and_is_replayed_first_then_the_close(
 def test_abort_during_the_hand_over_is_replayed_as_abort(pair):
     ours, _theirs = pair
     direct = _transport(ours)
-    handed = direct.hand_over(socket.AF_UNIX)
+    handed = direct.hand_over()
     try:
         direct.write(b"x")
         direct.abort()
