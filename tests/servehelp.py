@@ -24,6 +24,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            pids += [p for child in task.read_text().split() for p in _tree(int(child))]
+        except OSError:
+            continue  # gone meanwhile
+    return pids
+
+
+def _holds(pid: int, path: Path) -> bool:
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd) == str(path):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -88,6 +113,44 @@ class Served:
             if count is not None and len(lines) >= count or now > deadline:
                 return lines
             time.sleep(0.01)
+
+    def accepted(self) -> int:
+        """How many established connections to its port the server process holds open.
+
+        A connection the kernel completed but the server has not accepted yet is
+        in no process's file table, so this counts what the server took.
+        """
+        inodes = set()
+        for fd in Path(f"/proc/{self.process.pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue  # closed meanwhile
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        count = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == self.port and fields[3] == "01" and fields[9] in inodes:
+                    count += 1
+        return count
+
+    def wait_accepted(self, count: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while (held := self.accepted()) != count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the server holds {held} connections, not {count}")
+            time.sleep(0.02)
+
+    def wait_reopened(self, rotated: Path, timeout: float = 10.0) -> None:
+        """After SIGHUP: wait until no process of the server holds ``rotated`` (the renamed log)."""
+        deadline = time.monotonic() + timeout
+        while any(_holds(pid, rotated) for pid in _tree(self.process.pid)):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the server still writes to {rotated}")
+            time.sleep(0.02)
 
     def records(self, count: int | None = None) -> list[dict]:
         return [self.log_format.parse(line) for line in self.lines(count)]

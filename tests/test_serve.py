@@ -186,7 +186,7 @@ def test_sighup_reopens_the_log_and_sigterm_flushes_and_exits_0(tmp_path):
         rotated = tmp_path / "rotated.log"
         server.log.rename(rotated)
         server.process.send_signal(signal.SIGHUP)
-        time.sleep(0.3)
+        server.wait_reopened(rotated)
         exchange("127.0.0.1", server.port, GET)
         exchange("127.0.0.1", server.port, GET)
     finally:
@@ -290,7 +290,7 @@ def test_workers_share_the_port_and_the_log_without_losing_or_mixing_lines(tmp_p
         rotated = tmp_path / "rotated.log"
         server.log.rename(rotated)
         server.process.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        server.wait_reopened(rotated)
         for i in range(150, 200):
             exchange("127.0.0.1", server.port, f"GET /w{i} HTTP/1.0\r\n\r\n".encode())
     finally:

@@ -81,7 +81,7 @@ def served(tmp_path, request):
 
 def test_a_request_sent_after_the_accept_is_served_by_the_event_loop(served):
     with socket.create_connection(("127.0.0.1", served.port), timeout=5) as s:
-        time.sleep(0.2)  # the server has accepted by now and found nothing to read
+        served.wait_accepted(1)  # the server has accepted and found nothing to read
         s.sendall(b"GET /late HTTP/1.0\r\n\r\n")
         answer = _read_to_close(s)
     assert answer.startswith(b"HTTP/1.1 200 ")

@@ -317,7 +317,9 @@ def test_max_connections_refuses_the_one_too_many_and_recovers(tmp_path):
     idle: list[socket.socket] = []
     try:
         idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(20)]
-        time.sleep(0.5)  # let the server accept all twenty
+        # Wait until the server took all twenty: the kernel may complete the next
+        # handshake before one of theirs, and that one would then be refused instead.
+        server.wait_accepted(20)
         start = time.monotonic()
         refused = talk(server.port, GET, timeout=5)
         refused_after = time.monotonic() - start
