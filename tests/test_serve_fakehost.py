@@ -8,7 +8,8 @@ Windows, macOS, iOS, Android, Linux and FreeBSD shapes, ECN setup, IPv6 with
 extension headers, IP options, odd TTLs and quirks.  Every field of every log
 line must equal what the fixture's written definition says, and the logged
 saved SYN must be the exact bytes we sent.  One connection holds its ACK back
-200 ms, and FINGERPRINT_TCP_RTT must show it.
+200 ms, and FINGERPRINT_TCP_RTT must show it.  Connections made by SYN cookie
+(no SYN saved) are served and logged with '-' fields.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 
 from conftest import need, need_root
-from fakehost import Conversation, Namespace, replay, wait_for_port
+from fakehost import Conversation, Namespace, build_syn, replay, wait_for_port
 from tcpfp_cli.logformat import compile_format
 
 FIXTURES = Path(__file__).parent / "fixtures" / "syn"
@@ -151,3 +152,39 @@ def test_a_held_back_ack_shows_as_the_handshake_rtt(served_in_namespace):
     fmt = compile_format(FORMAT)
     (record,) = [fmt.parse(line) for line in lines if "/delayed " in line]
     assert 195_000 <= int(record["FINGERPRINT_TCP_RTT"]) <= 260_000
+
+
+def test_a_connection_made_by_syn_cookie_is_served_and_logged_with_dashes(tmp_path):
+    """Under a SYN flood the kernel answers with SYN cookies and keeps no SYN.
+
+    ``net.ipv4.tcp_syncookies=2`` (per namespace) makes it send cookies for
+    every SYN, so each connection below is one no SAVED_SYN exists for.  It
+    must still be answered and logged: '-' in every field that comes from the
+    SYN, the saved SYN '-', and the TCP_INFO fields (the RTT) still read.
+    """
+    need_root()
+    need(os.path.exists("/dev/net/tun"), "needs /dev/net/tun")
+    log = tmp_path / "access.log"
+    v4 = build_syn(PORT, ttl=52, window=29200, options=[("MSS", 1452), ("SAckOK", b""), ("Timestamp", (777, 0)),
+                                                         ("NOP", None), ("WScale", 7)])
+    v6 = build_syn(PORT, version=6, ttl=57, window=64800, options=[("MSS", 1440)])
+    with Namespace() as ns:
+        assert ns.run(["sysctl", "-q", "-w", "net.ipv4.tcp_syncookies=2"]).returncode == 0
+        server = ns.popen([sys.executable, "-m", "tcpfp_cli", "serve", "--port", str(PORT),
+                           "--log", str(log), "--log-format", FORMAT])
+        wait_for_port(ns, PORT, timeout=15)
+        results = replay(ns, [Conversation(syn=v4, request=b"GET /v4 HTTP/1.0\r\n\r\n"),
+                              Conversation(syn=v6, request=b"GET /v6 HTTP/1.0\r\n\r\n")], port=PORT)
+        ns.stop(server)
+        assert server.returncode == 0
+    assert [r.error for r in results] == [None, None]
+    for result in results:
+        assert result.response.startswith(b"HTTP/1.1 200 OK")
+        assert b"\nFINGERPRINT_TCP_OPTIONS -\n" in result.response  # the body: what the server saw
+    fmt = compile_format(FORMAT)
+    records = [fmt.parse(line) for line in log.read_text().splitlines()]
+    assert [(r["request"], r["remote_addr"]) for r in records] == [
+        ("GET /v4 HTTP/1.0", "198.18.0.2"), ("GET /v6 HTTP/1.0", "2001:db8::2")]
+    for record in records:
+        assert all(record[name] is None for name in FIELDS if name != "FINGERPRINT_TCP_RTT"), record
+        assert int(record["FINGERPRINT_TCP_RTT"]) >= 0  # TCP_INFO exists without a saved SYN
