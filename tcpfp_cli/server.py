@@ -65,7 +65,7 @@ _NO_HEADERS: dict = {}  # shared, never written to
 REASONS = {
     200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
     411: "Length Required", 413: "Content Too Large", 414: "URI Too Long",
-    500: "Internal Server Error", 505: "HTTP Version Not Supported",
+    500: "Internal Server Error", 503: "Service Unavailable", 505: "HTTP Version Not Supported",
 }
 #: The status logged for a connection a ``close`` rule dropped unanswered (nginx's 444).
 DROPPED = 444
@@ -522,7 +522,10 @@ class Connection(asyncio.Protocol):
                 return
         if len(server.connections) >= config.max_connections:
             server.refused += 1
-            direct.abort()
+            if data:
+                self._refuse(data)
+            else:
+                direct.abort()  # no request reached us: nothing to answer or log
             return
         if data == b"":  # closed or reset before it sent anything (a connect-only scan): no request
             direct.close()
@@ -556,6 +559,29 @@ class Connection(asyncio.Protocol):
         except (OSError, ValueError):
             sock.close()
             self.connection_lost(None)
+
+    def _refuse(self, data: bytes) -> None:
+        """Over --max-connections, with a request already read: answer it 503 and log it
+        (nothing that reached the server goes unlogged), but keep nothing open."""
+        self.started = time.time()
+        limits = self.server.config.limits
+        data = data.lstrip(b"\r\n")  # empty lines before a request are no part of it
+        try:
+            plain = read_plain_head(data, limits)
+        except BadRequest:
+            plain = None
+        if plain is not None:
+            head: RequestHead | None = plain[0]
+            line = plain[0].request_line
+        else:
+            head = None
+            end = data.find(b"\n")
+            line = (data if end < 0 else data[:end]).rstrip(b"\r")[: limits.line_bytes]
+        body = b"503 Service Unavailable: too many connections\n"
+        self._write_last(response_head(503, "text/plain", len(body), False) + body)
+        self._log(line, head, 503, len(body))
+        self.closing = True
+        self.transport.close()
 
     def _drop(self) -> None:
         """A ``close`` rule matched: reset the connection without answering it, and log that."""

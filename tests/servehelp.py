@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from tcpfp_cli.logformat import compile_format
@@ -47,6 +48,17 @@ def _holds(pid: int, path: Path) -> bool:
         except OSError:
             continue
     return False
+
+
+@contextmanager
+def paused(served: "Served"):
+    """The server process stopped (SIGSTOP, by PID): clients queue, with what they send,
+    in the accept queue, so the accept callback finds their requests waiting."""
+    os.kill(served.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(served.process.pid, signal.SIGCONT)
 
 
 def wait_port(host: str, port: int, timeout: float = 10.0) -> None:

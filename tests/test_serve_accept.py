@@ -10,16 +10,13 @@ test ``AcceptTransport``'s bookkeeping on a socket pair.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import struct
 import time
-from contextlib import contextmanager
 
 import pytest
 
-from servehelp import Served, free_port
+from servehelp import Served, free_port, paused
 from tcpfp_cli.fields import FIELDS
 from tcpfp_cli.server import AcceptTransport
 
@@ -50,17 +47,6 @@ class Answers:
             self._more()
         self.data = self.data[length:]
         return head
-
-
-@contextmanager
-def paused(served: Served):
-    """The server process stopped (SIGSTOP, by PID): clients queue, with what they send,
-    in the accept queue, so the accept callback finds their requests waiting."""
-    os.kill(served.process.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(served.process.pid, signal.SIGCONT)
 
 
 def _read_to_close(s: socket.socket) -> bytes:

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from conftest import need_tool
-from servehelp import Served, exchange
+from servehelp import Served, exchange, paused
 
 FORMAT = '%a %p "%r" %>s %b %k %D "%{User-Agent}i" %{FINGERPRINT_TCP_OPTIONS}g %{FINGERPRINT_IP_TTL}g'
 GET = b"GET /ok HTTP/1.0\r\nUser-Agent: probe\r\n\r\n"
@@ -313,6 +313,10 @@ def test_slowloris_heads_are_cut_off_with_408_while_others_are_served(tmp_path):
 
 
 def test_max_connections_refuses_the_one_too_many_and_recovers(tmp_path):
+    """At --max-connections, one connection more is not kept.  If its request
+    had already arrived, it is answered 503 and logged (nothing that reached the
+    server goes unlogged); if it had sent nothing, it is closed without a line.
+    Once the twenty close, new clients are served again."""
     server = Served(tmp_path, "--max-connections", "20", "--request-timeout", "20", log_format=FORMAT)
     idle: list[socket.socket] = []
     try:
@@ -320,9 +324,23 @@ def test_max_connections_refuses_the_one_too_many_and_recovers(tmp_path):
         # Wait until the server took all twenty: the kernel may complete the next
         # handshake before one of theirs, and that one would then be refused instead.
         server.wait_accepted(20)
+        # The 21st with its request waiting at accept (the server is paused meanwhile).
+        with paused(server):
+            late = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            late.sendall(GET)
+            late.shutdown(socket.SHUT_WR)
+        with late:
+            refused = b""
+            while chunk := late.recv(65536):
+                refused += chunk
+        # A 22nd that sends nothing is closed at once.
         start = time.monotonic()
-        refused = talk(server.port, GET, timeout=5)
-        refused_after = time.monotonic() - start
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as silent:
+            try:
+                closed = silent.recv(1) == b""
+            except ConnectionResetError:
+                closed = True
+        closed_after = time.monotonic() - start
         # The twenty are real connections: one of them is served.
         idle[0].sendall(GET)
         first = b""
@@ -337,15 +355,18 @@ def test_max_connections_refuses_the_one_too_many_and_recovers(tmp_path):
             if answer:
                 break
             time.sleep(0.1)
-        records = server.records(2)
+        records = server.records(3)
     finally:
         for s in idle:
             s.close()
         server.stop()
-    assert refused == b"" and refused_after < 2.0
+    assert status_of(refused) == 503 and b"Connection: close" in refused
+    assert closed and closed_after < 2.0
     assert status_of(first) == 200
     assert status_of(answer) == 200
-    assert [r["status"] for r in records[-2:]] == ["200", "200"]
+    assert [(r["request"], r["status"], r["header:user-agent"]) for r in records] == [
+        ("GET /ok HTTP/1.0", "503", "probe"), ("GET /ok HTTP/1.0", "200", "probe"),
+        ("GET /ok HTTP/1.0", "200", "probe")]
 
 
 # --------------------------------------------------------------------------- oversize heads
