@@ -88,8 +88,8 @@ def decode(
         labeler = None if tcp_info else _labeler(signatures, p0f_db, no_p0f_db)
     except TcpfpError as error:
         raise fail(str(error)) from None
-    if fields and not tcp_info:
-        chosen = Renderer(chosen)
+    if fields and not tcp_info and not json_lines:
+        chosen = Renderer(chosen)  # a line of texts; JSON takes the field list itself
     failed = 0
     for outcome in decoding.decode_all(_inputs(hex_values or []), tcp_info=tcp_info, labeler=labeler):
         if outcome.error is not None:

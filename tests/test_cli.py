@@ -64,6 +64,16 @@ def test_fields_prints_one_line_per_good_input_in_order():
     assert result.stdout.splitlines() == ["64 1460 7", "57 - -"]
 
 
+def test_json_with_fields_keeps_only_those_fields_in_their_order():
+    result = invoke("--json", "--fields", "tcp_mss,FINGERPRINT_IP_TTL", LINUX, IPV6_NO_OPTIONS)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
+        {"FINGERPRINT_TCP_MSS": 1460, "FINGERPRINT_IP_TTL": 64},
+        {"FINGERPRINT_TCP_MSS": None, "FINGERPRINT_IP_TTL": 57},
+    ]
+    assert list(json.loads(result.stdout.splitlines()[0])) == ["FINGERPRINT_TCP_MSS", "FINGERPRINT_IP_TTL"]
+
+
 def test_stdin_with_dash_and_without_arguments():
     lines = f"{LINUX}\n\n{IPV6_NO_OPTIONS}\n"
     for args in (["-"], []):
