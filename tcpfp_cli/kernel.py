@@ -21,6 +21,7 @@ Everything else (parsing, fields) is pure and lives elsewhere.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import socket
 from typing import Protocol
@@ -28,7 +29,11 @@ from typing import Protocol
 TCP_SAVE_SYN = 27
 TCP_SAVED_SYN = 28
 TCP_INFO = getattr(socket, "TCP_INFO", 11)
-_SYN_BUFFERS = (512, 4096)  # IPv4 max 60+60 bytes; IPv6 extension headers can be longer
+#: IPv4 max 60+60 bytes; IPv6 extension headers can be longer.  CPython's
+#: ``getsockopt`` refuses a buffer above 1024 bytes (OSError without errno), so a
+#: longer saved SYN is read through libc with the length the kernel asks for.
+_SYN_BUFFERS = (512, 1024)
+_PY_GETSOCKOPT_MAX = 1024
 TCP_INFO_BUFFER = 512
 
 
@@ -53,10 +58,32 @@ def read_saved_syn(sock: SockOpts) -> bytes | None:
         try:
             data = sock.getsockopt(socket.IPPROTO_TCP, TCP_SAVED_SYN, size)
         except OSError as error:
-            if error.errno == errno.EINVAL and size != _SYN_BUFFERS[-1]:
+            if error.errno == errno.EINVAL:
                 continue  # buffer too short: the kernel kept the SYN, try a larger one
             return None
         return data or None
+    return _read_long_saved_syn(sock)
+
+
+def _read_long_saved_syn(sock: SockOpts) -> bytes | None:
+    """A saved SYN longer than CPython's getsockopt can take: ask the kernel its length
+    (it answers EINVAL and writes the length it needs), then read it into a buffer that size."""
+    fileno = getattr(sock, "fileno", None)
+    if fileno is None:
+        return None
+    try:
+        fd = fileno()
+        libc = ctypes.CDLL(None, use_errno=True)
+        length = ctypes.c_uint32(0)
+        for _ in range(3):  # bounded: the length only changes if the SYN was read meanwhile
+            buffer = ctypes.create_string_buffer(max(length.value, _PY_GETSOCKOPT_MAX + 1))
+            length.value = len(buffer)
+            if libc.getsockopt(fd, socket.IPPROTO_TCP, TCP_SAVED_SYN, buffer, ctypes.byref(length)) == 0:
+                return buffer.raw[: length.value] or None
+            if ctypes.get_errno() != errno.EINVAL:
+                return None
+    except (OSError, AttributeError, ValueError):
+        return None
     return None
 
 
