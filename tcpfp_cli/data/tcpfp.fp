@@ -67,7 +67,7 @@ sig   = *:64:0:*:65535,*:mss,sok,ts,nop,ws:df,id+,flow:0
 
 ; Embedded Linux (routers, modems, IoT), the devices behind the Mozi and
 ; Boaform requests in mod_tcpfingerprint's README
-; (/work/shared/seed/mod_tcpfingerprint-README.md): Linux options and TTL,
+; (its "Motivation/Examples" section, Mozi and Boaform): Linux options and TTL,
 ; a window that is a small multiple of an MSS (5808 = 4x1452,
 ; 29040 = 20x1452, 28800 = 20x1440 with the MSS later clamped to 1406)
 ; and window scale 1 to 5.  The README explains the small scale: on
