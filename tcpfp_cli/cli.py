@@ -203,7 +203,7 @@ def report(
     campaigns: Annotated[Optional[list[Path]], typer.Option(
         "--campaigns", metavar="FILE", help="More campaign definitions (name<TAB>regex<TAB>description).")] = None,
     top: Annotated[Optional[int], typer.Option(
-        "--top", metavar="N", help="Show the N largest clusters and campaigns (tables: 20, JSON/CSV: all).")] = None,
+        "--top", metavar="N", help="Show the N (1 or more) largest clusters and campaigns (tables: 20, JSON/CSV: all).")] = None,
     min_count: Annotated[int, typer.Option(
         "--min-count", metavar="N", help="Hide clusters and campaigns with fewer than N requests.")] = 1,
     by: Annotated[Optional[str], typer.Option(

@@ -58,6 +58,7 @@ import os
 import sys
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -80,6 +81,7 @@ __all__ = [
     "line_ranges",
     "open_input",
     "read_dataframe",
+    "read_sample",
 ]
 
 CHUNK_BYTES = 8 << 20
@@ -157,10 +159,16 @@ def int_columns(fmt: LogFormat) -> frozenset[str]:
     return frozenset(d.column for d in fmt.directives if d.kind == "int")
 
 
-def detect_format(sample: bytes) -> tuple[str, LogFormat] | None:
-    """The first of ``AUTO_FORMATS`` that most of the first lines of ``sample`` fit."""
-    lines = [ln for ln in sample.decode("latin-1").splitlines()[:-1] or sample.decode("latin-1").splitlines()
-             if ln.strip()][:SAMPLE_LINES]
+def detect_format(sample: bytes, complete: bool = False) -> tuple[str, LogFormat] | None:
+    """The first of ``AUTO_FORMATS`` that most of the first lines of ``sample`` fit.
+
+    ``complete``: ``sample`` is the whole input, so its last line is whole even without a
+    newline; otherwise the text after its last newline is a cut line and is not tried.
+    """
+    pieces = sample.split(b"\n")
+    if not complete and len(pieces) > 1:
+        pieces.pop()  # cut (or empty, after the last newline)
+    lines = [ln for ln in (p.decode("latin-1") for p in pieces) if ln.strip()][:SAMPLE_LINES]
     if not lines:
         return None
     for name in AUTO_FORMATS:
@@ -175,6 +183,58 @@ def detect_format(sample: bytes) -> tuple[str, LogFormat] | None:
         if fits * 2 > len(lines):
             return name, fmt
     return None
+
+
+class _Replay:
+    """A stream that gives ``head`` again before the rest of ``stream`` (for streams that cannot seek)."""
+
+    def __init__(self, head: bytes, stream: BinaryIO) -> None:
+        self._head, self._stream = head, stream
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n is None or n < 0:
+                data, self._head = self._head + self._stream.read(), b""
+                return data
+            data, self._head = self._head[:n], self._head[n:]
+            return data
+        return self._stream.read(n)
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def read_sample(stream: BinaryIO, source: str, lines: int = SAMPLE_LINES,
+                limit: int = CHUNK_BYTES) -> tuple[bytes, bool, BinaryIO]:
+    """The start of ``stream`` up to its first ``lines`` non-blank lines (at most ``limit`` bytes).
+
+    Returns the sample, whether it is the whole input, and a stream that reads the input
+    from where ``stream`` was (``stream`` itself, moved back, when it can seek).  A pipe
+    is read until the sample is there, not only what its first read gives.
+    """
+    try:
+        # GzipFile says it can seek even over a pipe (and then fails): ask the file under it.
+        seekable = stream.seekable() and (not isinstance(stream, gzip.GzipFile) or stream.fileobj.seekable())
+        start = stream.tell() if seekable else None
+    except (OSError, ValueError, AttributeError):
+        start = None
+    data = b""
+    eof = False
+    try:
+        while len(data) < limit:
+            piece = stream.read(min(1 << 16, limit - len(data)))
+            if not piece:
+                eof = True
+                break
+            data += piece
+            whole = data[: data.rfind(b"\n") + 1]
+            if whole.count(b"\n") >= lines and sum(1 for ln in whole.split(b"\n") if ln.strip()) >= lines:
+                break
+        if start is not None:
+            stream.seek(start)
+    except (OSError, EOFError, zlib.error) as error:
+        raise UnreadableInput(f"{source}: cannot read: {error}") from None
+    return data, eof, stream if start is not None else _Replay(data, stream)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- the token plan
@@ -461,6 +521,13 @@ class _Parser:
                 if len(out.examples) < self.max_examples:
                     out.examples.append((i + 1, f"{error.reason} (at character {error.column})"))
                 continue
+            big = next((c for c in self.ints if record[c] is not None
+                        and not _INT64.min <= int(record[c]) <= _INT64.max), None)  # type: ignore[arg-type]
+            if big is not None:
+                out.malformed += 1
+                if len(out.examples) < self.max_examples:
+                    out.examples.append((i + 1, f"{big} {record[big]} is out of the 64-bit integer range"))
+                continue
             records.append(record)
             slow_rows.append(i)
         parts = []
@@ -524,18 +591,21 @@ class LogReader:
         return self._parser.plan is not None
 
     def _blocks(self, stream: BinaryIO, source: str) -> Iterator[tuple[bytes, int]]:
+        """Blocks of whole lines, each with how far the input has been read: bytes of the
+        file, so for gzip its compressed bytes (the size the progress bar is given)."""
         rest = b""
         done = 0
+        where = _compressed_position(stream)
         while True:
             try:
                 block = stream.read(self.chunk_bytes)
-            except (OSError, EOFError, gzip.BadGzipFile) as error:
+            except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
                 raise UnreadableInput(f"{source}: cannot read: {error}") from None
             if not block:
                 if rest:
                     yield rest + b"\n", done
                 return
-            done += len(block)
+            done = where() if where is not None else done + len(block)
             data = rest + block
             cut = data.rfind(b"\n")
             if cut < 0:
@@ -612,6 +682,18 @@ class LogReader:
                 self.progress(done, stats.lines)
             if frame is not None:
                 yield frame
+
+
+def _compressed_position(stream: BinaryIO) -> Callable[[], int] | None:
+    """For a gzip file: where its compressed file has been read to; None otherwise."""
+    if not isinstance(stream, gzip.GzipFile):
+        return None
+    try:
+        if stream.fileobj.seekable():  # type: ignore[union-attr]
+            return stream.fileobj.tell  # type: ignore[union-attr]
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
 
 
 class _Range:
@@ -711,13 +793,23 @@ def _restore(values: pd.Series, nplain: int, escaped: bool) -> tuple[pd.Series, 
     return pd.Series(arr, index=values.index, dtype=object), good
 
 
+#: Floats are exact integers up to here; larger numbers go to ``LogFormat.parse`` (``_slow``), which
+#: reads them exactly and rejects those beyond Int64.
+_EXACT_FLOAT = float(1 << 53)
+_INT64 = np.iinfo(np.int64)
+
+
 def _to_int(values: pd.Series) -> tuple[pd.arrays.IntegerArray, np.ndarray]:
     """Nullable integers and where the value was a number or ``-``."""
-    if values.dtype.kind in "iu":
+    if values.dtype.kind == "u":
+        v = values.to_numpy()
+        fits = v <= np.uint64(_INT64.max)
+        return pd.arrays.IntegerArray(np.where(fits, v, 0).astype(np.int64), ~fits), fits
+    if values.dtype.kind == "i":
         return pd.array(values.to_numpy(), dtype="Int64"), np.ones(len(values), dtype=bool)
     if values.dtype.kind == "f":
         v = values.to_numpy()
-        finite = np.isfinite(v)
+        finite = np.isfinite(v) & (np.abs(v) < _EXACT_FLOAT)
         whole = finite & (np.floor(np.where(finite, v, 0)) == np.where(finite, v, 0))
         nan = np.isnan(v)
         valid = whole | nan
@@ -731,7 +823,7 @@ def _to_int(values: pd.Series) -> tuple[pd.arrays.IntegerArray, np.ndarray]:
 
 def _to_int_from_numbers(numbers: pd.Series, dash: np.ndarray) -> tuple[pd.arrays.IntegerArray, np.ndarray]:
     v = numbers.to_numpy(dtype=float, na_value=np.nan)
-    finite = np.isfinite(v)
+    finite = np.isfinite(v) & (np.abs(v) < _EXACT_FLOAT)
     safe = np.where(finite, v, 0)
     whole = finite & (np.floor(safe) == safe)
     return pd.arrays.IntegerArray(safe.astype(np.int64), ~whole), whole | dash

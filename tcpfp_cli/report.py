@@ -61,7 +61,7 @@ from .errors import TcpfpError, UnknownField
 from .fields import lookup
 from .logformat import LogFormat, compile_format
 from .logreader import (LogReader, MalformedLine, ReadStats, UnreadableInput, detect_format, line_ranges,
-                        open_input)
+                        open_input, read_sample)
 from .oslabel import Labeler, PartialSyn
 from .sigdb import Match
 from .signature import INITIAL_TTLS
@@ -234,7 +234,8 @@ def _plan(fmt: LogFormat, by: Sequence[str] | None) -> _Plan:
                     pass
             if name not in columns and not (name == ITTL and derive):
                 raise ReportError(f"--by {name}: not a column of the log format ({', '.join(fmt.columns)})")
-            key.append(name)
+            if name not in key:
+                key.append(name)
         if not key:
             raise ReportError("--by needs at least one field")
     else:
@@ -677,7 +678,10 @@ class Report:
     def write_csv(self, directory: str | os.PathLike[str]) -> list[Path]:
         """One CSV per table: summary, fingerprints, campaigns, crosstab, malformed."""
         folder = Path(directory)
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ReportError(f"--csv {directory}: {error.strerror or error}") from None
         written = []
         fp = self.fingerprints.copy()
         fp["top_patterns"] = [json.dumps(t) for t in fp["top_patterns"]]
@@ -692,7 +696,10 @@ class Report:
         }
         for name, table in tables.items():
             path = folder / f"{name}.csv"
-            table.to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
+            try:
+                table.to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
+            except OSError as error:
+                raise ReportError(f"--csv {path}: {error.strerror or error}") from None
             written.append(path)
         return written
 
@@ -954,6 +961,8 @@ def build_report(paths: Sequence[str], fmt: str | None = None, options: ReportOp
     Raises ``ReportError`` (or another ``TcpfpError``) when nothing can be read.
     """
     options = options or ReportOptions()
+    if options.top is not None and options.top < 1:
+        raise ReportError(f"--top {options.top}: give a number of clusters and campaigns, 1 or more")
     labeler = options.labeler if options.labeler is not None else Labeler.from_options()
     paths = list(paths) or ["-"]
     for path in paths:
@@ -970,15 +979,15 @@ def build_report(paths: Sequence[str], fmt: str | None = None, options: ReportOp
     reader: LogReader | None = None
     for path in paths:
         stream, label, size = open_input(path)
+        bar = None
         try:
             if compiled is None:
-                try:
-                    sample = stream.peek(65536)[:65536]  # type: ignore[attr-defined]
-                except (OSError, EOFError) as error:
-                    raise UnreadableInput(f"{label}: cannot read: {error}") from None
-                found = detect_format(bytes(sample))
-                if found is None and not bytes(sample).strip():
-                    raise ReportError(f"{label}: the input is empty")
+                sample, whole, stream = read_sample(stream, label)
+                found = detect_format(sample, whole)
+                if found is None and not sample.strip():
+                    raise ReportError(f"{label}: the input is empty" if whole else
+                                      f"{label}: the first {len(sample):,} bytes are blank lines; "
+                                      "give the log's LogFormat with --format 'FORMAT'")
                 if found is None:
                     raise ReportError(
                         f"{label}: the first lines fit none of the formats tcpfp, combined, common; "
@@ -992,7 +1001,8 @@ def build_report(paths: Sequence[str], fmt: str | None = None, options: ReportOp
                 agg = _Aggregator(plan, _Classifier(options.campaigns))
                 kwargs = {"chunk_bytes": options.chunk_bytes} if options.chunk_bytes else {}
                 reader = LogReader(compiled, plan.read, workers=options.workers, **kwargs)
-            reader.progress = progress(label, size) if progress else None
+            bar = progress(label, size) if progress else None
+            reader.progress = bar
             if _in_processes(path, stream, size, reader, options.workers):
                 _aggregate_in_processes(reader, agg, stream.fileno(), label, size,  # type: ignore[arg-type]
                                         options.workers)
@@ -1000,13 +1010,18 @@ def build_report(paths: Sequence[str], fmt: str | None = None, options: ReportOp
                 for frame in reader.frames(stream, label):
                     agg.add(frame)  # type: ignore[union-attr]
         finally:
+            if reader is not None:
+                reader.progress = None
+            if bar is not None and hasattr(bar, "close"):
+                bar.close()  # the next line (an error, the next bar, the report) starts clean
             if path != "-":
                 stream.close()
     assert reader is not None and agg is not None and compiled is not None
     report = _finish(agg, reader.stats, compiled, name, options, labeler)
     if reader.stats.parsed == 0:
-        what = "is empty" if reader.stats.lines == reader.stats.skipped else "fits the format"
-        raise ReportError(f"no line of the input {what}" + (
+        what = ("the input is empty (no line, or only blank ones)" if reader.stats.lines == reader.stats.skipped
+                else "no line of the input fits the format")
+        raise ReportError(what + (
             f" (first malformed line: {reader.stats.examples[0].source}:{reader.stats.examples[0].line}: "
             f"{reader.stats.examples[0].reason})" if reader.stats.examples else ""))
     return report
