@@ -44,7 +44,9 @@ line that does not fit raises ``LogLineError`` (``reason``, ``column``).
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import time
 from operator import attrgetter, is_
 from collections.abc import Callable, Mapping
@@ -117,6 +119,9 @@ class AccessRecord(NamedTuple):
     response_headers: Mapping[str, str]  # lowercased names
     env: Mapping[str, str]
     observation: Observation
+    bytes_in: int = 0  # the request as received: request line, headers and body (%I)
+    bytes_out: int = 0  # the answer as sent: status line, headers and body (%O)
+    kept_alive: bool = False  # the connection stays open for another request (%X)
 
 
 # --------------------------------------------------------------------------- escaping
@@ -244,8 +249,81 @@ _SIMPLE: dict[str, tuple[str, str, bool, Callable[[_R], str]]] = {
     "B": ("bytes", "int", False, lambda r: str(r.bytes_sent)),
     "D": ("duration_us", "int", False, lambda r: str(r.duration_us)),
     "k": ("keepalive", "int", False, lambda r: str(r.keepalive)),
+    # mod_logio's byte counts (Debian's stock "combined" logs %O instead of %b)
+    "I": ("bytes_in", "int", False, lambda r: str(r.bytes_in)),
+    "O": ("bytes_out", "int", False, lambda r: str(r.bytes_out)),
+    "S": ("bytes_in_out", "int", False, lambda r: str(r.bytes_in + r.bytes_out)),
+    "v": ("server_name", "text", True, lambda r: escape(_host_name())),
+    "V": ("server_name_used", "text", True, lambda r: escape(_name_used(r))),
+    "P": ("pid", "int", False, lambda r: str(os.getpid())),
+    "X": ("connection_status", "text", False, lambda r: "+" if r.kept_alive else "-"),
 }
-_ALL_LETTERS = "%a %A %b %B %D %e %g %h %H %i %k %l %m %o %p %q %r %s %t %T %u %U"
+_ALL_LETTERS = "%a %A %b %B %D %e %g %h %H %i %I %k %l %m %o %O %p %P %q %r %s %S %t %T %u %U %v %V %X"
+
+
+def _host_name() -> str:
+    """This host's name: what Apache's %v shows without a ServerName."""
+    if not _HOST_NAME:
+        _HOST_NAME.append(socket.gethostname() or "-")
+    return _HOST_NAME[0]
+
+
+_HOST_NAME: list[str] = []
+
+
+def _name_used(r: AccessRecord) -> bytes | str:
+    """Apache's %V (UseCanonicalName Off): the Host the client asked for, without its port."""
+    host = r.request_headers.get("host")
+    if not host:
+        return _host_name()
+    if host.startswith(b"["):  # [v6]:port
+        return host[: host.find(b"]") + 1] or host
+    return host.rsplit(b":", 1)[0] if host.count(b":") == 1 else host
+
+
+#: strftime conversions -> the regular expression of their text (for %{format}t).
+_STRFTIME = {
+    "Y": r"[0-9]{4}", "y": r"[0-9]{2}", "m": r"[0-9]{2}", "d": r"[0-9]{2}", "e": r"[ 0-9][0-9]",
+    "H": r"[0-9]{2}", "I": r"[0-9]{2}", "M": r"[0-9]{2}", "S": r"[0-9]{2}", "j": r"[0-9]{3}",
+    "z": r"[+-][0-9]{4}", "Z": r"[A-Za-z0-9+-]*", "b": r"[A-Za-z]+", "h": r"[A-Za-z]+",
+    "B": r"[A-Za-z]+", "a": r"[A-Za-z]+", "A": r"[A-Za-z]+", "p": r"[A-Za-z]*", "s": r"[0-9]+",
+    "u": r"[0-9]", "w": r"[0-9]", "T": r"[0-9]{2}:[0-9]{2}:[0-9]{2}", "R": r"[0-9]{2}:[0-9]{2}",
+    "D": r"[0-9]{2}/[0-9]{2}/[0-9]{2}", "F": r"[0-9]{4}-[0-9]{2}-[0-9]{2}", "%": "%",
+}
+#: Apache's own %{...}t forms: seconds and parts of them since the epoch.
+_EPOCH_TIMES = {
+    "sec": lambda t: str(int(t)), "msec": lambda t: str(int(t * 1000)),
+    "usec": lambda t: str(int(t * 1_000_000)), "msec_frac": lambda t: f"{int(t * 1000) % 1000:03d}",
+    "usec_frac": lambda t: f"{int(t * 1_000_000) % 1_000_000:06d}",
+}
+
+
+def _strftime_pattern(fmt: str) -> str:
+    """The regular expression of what ``time.strftime(fmt)`` writes (unknown conversions: no spaces)."""
+    out, i = [], 0
+    while i < len(fmt):
+        if fmt[i] == "%" and i + 1 < len(fmt):
+            out.append(_STRFTIME.get(fmt[i + 1], r"[^\s\"]*"))
+            i += 2
+        else:
+            out.append(re.escape(fmt[i]))
+            i += 1
+    return "".join(out)
+
+
+def _time_directive(arg: str) -> tuple[str, str, Callable[[_R], str], str]:
+    """Apache's %{format}t: (column, kind, writer, pattern).  ``begin:``/``end:`` choose
+    the request's start (the default) or the end of its answer."""
+    at_end = arg.startswith("end:")
+    form = arg.split(":", 1)[1] if arg.startswith(("begin:", "end:")) else arg
+
+    def when(r: _R) -> float:
+        return r.start_time + r.duration_us / 1e6 if at_end else r.start_time
+
+    if form in _EPOCH_TIMES:
+        render = _EPOCH_TIMES[form]
+        return f"time:{arg}", "int", (lambda r: render(when(r))), "[0-9]+"
+    return f"time:{arg}", "text", (lambda r: time.strftime(form, time.localtime(when(r)))), _strftime_pattern(form)
 
 
 class LogFormat:
@@ -431,6 +509,13 @@ class _Compiler:
                 break
         letter = fmt[i]
         text = fmt[start : i + 1]
+        if letter == "t" and arg is not None:
+            column, kind, writer, pattern = _time_directive(arg)
+            spec = _Writer(_conditional(writer, frozenset(statuses), negate), None, None) if statuses else \
+                _Writer(writer, None, None)
+            self.items.append(Directive(text, letter, arg, column, kind, False, False, pattern, start))
+            self.writers.append(spec)
+            return i + 1
         column, kind, escaped, writer = self.resolve(letter, arg, text, start)
         if letter in "lu":
             spec = _Writer(writer, None, "-")  # Apache's "-" whatever the status
@@ -455,6 +540,8 @@ class _Compiler:
         return i + 1
 
     def resolve(self, letter: str, arg: str | None, text: str, at: int) -> tuple[str, str, bool, Callable[[_R], str]]:
+        if arg == "c" and letter in "ah":  # the connection's peer (Apache 2.4): here, the client
+            arg = None
         takes_arg = letter in "ieogpT"
         if arg is not None and not takes_arg:
             raise self.error(f"{text}: %{letter} takes no {{...}} argument here", at)

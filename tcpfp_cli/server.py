@@ -450,7 +450,7 @@ class Connection(asyncio.Protocol):
         "server", "transport", "obs", "remote", "local", "buffer", "requests", "timer", "deadline",
         "sock",
         "started", "busy", "closing", "head", "body_left", "body", "blank_lines",
-        "half_closed", "obs_now",
+        "half_closed", "obs_now", "received",
     )
 
     def __init__(self, server: Server) -> None:
@@ -468,6 +468,7 @@ class Connection(asyncio.Protocol):
         self.body = bytearray()
         self.started = 0.0
         self.obs_now: Observation | None = None  # this callback's request-time observation
+        self.received = 0  # bytes of the current request so far, head and body (%I)
 
     # -- accept ----------------------------------------------------------------
     def accepted(self, sock: _socket.socket, address: tuple, local: tuple[str, int] | None) -> None:
@@ -578,8 +579,10 @@ class Connection(asyncio.Protocol):
             end = data.find(b"\n")
             line = (data if end < 0 else data[:end]).rstrip(b"\r")[: limits.line_bytes]
         body = b"503 Service Unavailable: too many connections\n"
-        self._write_last(response_head(503, "text/plain", len(body), False) + body)
-        self._log(line, head, 503, len(body))
+        answer = response_head(503, "text/plain", len(body), False) + body
+        self._write_last(answer)
+        self.received = len(data)
+        self._log(line, head, 503, len(body), out=len(answer))
         self.closing = True
         self.transport.close()
 
@@ -672,17 +675,19 @@ class Connection(asyncio.Protocol):
             end = text.find(b"\n")
             line = (text if end < 0 else text[:end]).rstrip(b"\r")[: self.server.config.limits.line_bytes]
             head_or_none = None
+            self.received = len(text)
             self.buffer.clear()
         else:
             return
         self.blank_lines = False
         self.closing = True
         body = f"{status} {REASONS[status]}\n".encode()
-        sent = 0
+        sent = out = 0
         if not self.transport.is_closing():
-            self._write_last(response_head(status, "text/plain", len(body), False) + body)
-            sent = len(body)
-        self._log(line, head_or_none, status, sent)
+            answer = response_head(status, "text/plain", len(body), False) + body
+            self._write_last(answer)
+            sent, out = len(body), len(answer)
+        self._log(line, head_or_none, status, sent, out=out)
         self.transport.close()
 
     def _process(self) -> None:
@@ -694,6 +699,7 @@ class Connection(asyncio.Protocol):
                     if self.server.cgi_dir is not None:
                         self.body += self.buffer[:take]
                     del self.buffer[:take]
+                    self.received += take
                     self.body_left -= take
                 if self.body_left:
                     return
@@ -720,10 +726,12 @@ class Connection(asyncio.Protocol):
                         return
                     head = parse_head(window if end == len(window) else window[:end], config.limits)
             except BadRequest as error:
+                self.received = len(self.buffer)
                 self.buffer.clear()
                 self._reject(error)
                 return
             del self.buffer[:end]
+            self.received = end
             self.blank_lines = False
             if head.content_length > config.max_body:
                 self._finish(head, 413, b"request body too large\n", "text/plain", False, self.obs)
@@ -736,8 +744,9 @@ class Connection(asyncio.Protocol):
 
     def _reject(self, error: BadRequest) -> None:
         body = f"{error.status} {REASONS.get(error.status, '')}: {error.reason}\n".encode()
-        self._write_last(response_head(error.status, "text/plain", len(body), False) + body)
-        self._log(error.request_line, None, error.status, len(body))
+        answer = response_head(error.status, "text/plain", len(body), False) + body
+        self._write_last(answer)
+        self._log(error.request_line, None, error.status, len(body), out=len(answer))
         self.closing = True
         self.transport.close()
 
@@ -791,7 +800,8 @@ class Connection(asyncio.Protocol):
             sent_headers = {"content-type": ctype, "content-length": str(len(body)),
                             "connection": "keep-alive" if keep_alive else "close",
                             "server": SERVER_NAME} | {k.lower(): v for k, v in extra}
-        self._log(head.request_line, head, status, len(body) if send_body else 0, obs, sent_headers)
+        self._log(head.request_line, head, status, len(body) if send_body else 0, obs, sent_headers,
+                  len(answer), keep_alive)
         self.requests += 1
         if keep_alive:
             self._arm(self.server.config.keepalive_timeout)
@@ -807,7 +817,10 @@ class Connection(asyncio.Protocol):
             self.transport.write(answer)
 
     def _log(self, request_line: bytes, head: RequestHead | None, status: int, sent: int,
-             obs: Observation | None = None, sent_headers: dict = _NO_HEADERS) -> None:
+             obs: Observation | None = None, sent_headers: dict = _NO_HEADERS, out: int = 0,
+             kept_alive: bool = False) -> None:
+        """One log line.  ``sent``: body bytes (%b); ``out``: the whole answer (%O);
+        ``kept_alive``: the connection waits for another request (%X)."""
         now = time.time()
         if obs is None:
             obs = self._observation()
@@ -824,13 +837,16 @@ class Connection(asyncio.Protocol):
                 remote[0], remote[1], local[0], local[1], started, request_line,
                 head.method, head.path, head.query, head.version, status, sent,
                 int((now - started) * 1e6), self.requests, head.headers, sent_headers, env, obs,
+                self.received, out, kept_alive,
             )
         else:
             record = AccessRecord(
                 remote[0], remote[1], local[0], local[1], started, request_line,
                 None, None, None, None, status, sent,
                 int((now - started) * 1e6), self.requests, _NO_HEADERS, sent_headers, env, obs,
+                self.received, out, kept_alive,
             )
+        self.received = 0
         self.server.log.write(self.server.config.log_format.write(record))
 
     # -- CGI -----------------------------------------------------------------

@@ -476,7 +476,7 @@ BAD_FORMATS = [
     ("%{x}h", 0, "takes no {...} argument"),
     ("%i", 0, "needs a name"),
     ("%{sometimes}p", 0, "local, remote or canonical"),
-    ("%{msec}t", 0, "takes no {...} argument"),
+    ("%{msec}a", 0, "takes no {...} argument"),
     ("%40{Referer}i", 1, "not an HTTP status"),
     ("comon", 0, "not a named format"),
 ]
@@ -617,3 +617,22 @@ def test_fields_of_one_object_follow_each_change_of_that_object() -> None:
     ]
     for obs, line in steps:
         assert fmt.write(record(observation=obs)) == line
+
+
+@pytest.mark.parametrize("fmt, value", [
+    ("%{%Y-%m-%d %H:%M:%S}t", "2026-11-25 18:52:03"),
+    ("%{%d/%b/%Y:%T %z}t", "25/Nov/2026:18:52:03 +0000"),
+    ("%{msec}t", "1795632723886"),
+    ("%{begin:usec_frac}t", "004213"),
+    ("%{%s %Q}t", "1795632723 anything"),  # an unknown conversion: text without spaces
+])
+def test_strftime_times_parse_back_whatever_their_spaces(fmt, value):
+    compiled = compile_format(f'"%r" {fmt} %>s')
+    (column,) = [d.column for d in compiled.directives if d.letter == "t"]
+    parsed = compiled.parse(f'"GET / HTTP/1.1" {value} 200')
+    assert parsed[column] == value and parsed["status"] == "200"
+
+
+def test_apache_directives_without_a_record_of_their_own_are_refused_by_name():
+    with pytest.raises(LogFormatError, match=r"%L"):
+        compile_format("%h %L")

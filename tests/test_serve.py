@@ -435,3 +435,37 @@ def test_access_log_writes_at_once_when_quiet_and_in_batches_when_busy(tmp_path,
 
     assert asyncio.run(scenario()) == [["first"], ["first"], ["first", "second", "third"]]
     assert log.lines == 3
+
+
+def test_apache_byte_counts_connection_status_and_server_names(tmp_path):
+    """%I %O %S (mod_logio), %X, %P, %v, %V and %{...}t, as in Debian's stock formats:
+    the byte counts are those the client sent and received."""
+    fmt = '%v:%p "%r" %>s %b %I %O %S %X %P %V [%{%Y-%m-%d %H:%M:%S}t] %{sec}t'
+    first = b"GET /one HTTP/1.1\r\nHost: sensor.example:8080\r\n\r\n"
+    second = b"POST /two HTTP/1.1\r\nHost: [2001:db8::1]:80\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+    server = Served(tmp_path, log_format=fmt)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            s.sendall(first)
+            answer_one = b""
+            while b"\r\n\r\n" not in answer_one or len(answer_one) < answer_one.index(b"\r\n\r\n") + 4 + int(
+                    answer_one.split(b"Content-Length: ")[1].split(b"\r\n")[0]):
+                answer_one += s.recv(65536)
+            s.sendall(second)
+            answer_two = b""
+            while chunk := s.recv(65536):
+                answer_two += chunk
+        records = server.records(2)
+    finally:
+        server.stop()
+    one, two = records
+    assert (one["request"], two["request"]) == ("GET /one HTTP/1.1", "POST /two HTTP/1.1")
+    assert (int(one["bytes_in"]), int(one["bytes_out"])) == (len(first), len(answer_one))
+    assert (int(two["bytes_in"]), int(two["bytes_out"])) == (len(second), len(answer_two))
+    assert int(two["bytes_in_out"]) == len(second) + len(answer_two)
+    assert (one["connection_status"], two["connection_status"]) == ("+", None)  # "-": closed after
+    assert one["pid"] == two["pid"] == str(server.process.pid)
+    assert one["server_name"] == socket.gethostname()
+    assert (one["server_name_used"], two["server_name_used"]) == ("sensor.example", "[2001:db8::1]")
+    assert abs(int(one["time:sec"]) - time.time()) < 60
+    assert time.strftime("%Y-%m-%d", time.localtime(int(one["time:sec"]))) == one["time:%Y-%m-%d %H:%M:%S"][:10]
