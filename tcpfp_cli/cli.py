@@ -161,6 +161,8 @@ def serve(
     from .server import serve as run_server
 
     try:
+        if not listen and not 0 < port < 65536:  # getaddrinfo would take 70000 as 4464
+            raise TcpfpError(f"--port {port}: expected 1 to 65535")
         config = ServerConfig(
             listen=[parse_listen(t) for t in listen] if listen else [("::", port)],
             log_format=compile_format(log_format), log_path=log,

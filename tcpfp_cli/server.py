@@ -81,6 +81,8 @@ RECEIVE_SIZE = 65536
 ACCEPT_BATCH = 128
 #: After EMFILE and its kind, accepting pauses this long (the queue keeps the clients).
 ACCEPT_RETRY_DELAY = 1.0
+#: Log bytes held while the log cannot be written (a full disk, a gone reader), for when it can.
+LOG_BACKLOG = 1 << 20
 
 
 class StartupError(TcpfpError):
@@ -205,6 +207,14 @@ class AccessLog:
     workers can share a log.  A pipe (stdout) only guarantees that for writes
     of up to PIPE_BUF bytes, so a shared stdout log is written in chunks of
     whole lines that fit.
+
+    A log that cannot be written (a full disk, a reader of stdout that has
+    gone) does not stop the server and gives no traceback: one line on stderr
+    says so, up to ``LOG_BACKLOG`` bytes of lines wait for the log to take
+    them again (each flush tries), and one line says when it does and how
+    many lines were lost.  The rest of a short write (the disk filled in the
+    middle of a line) is what the next successful write starts with, so a
+    line cut there is finished, never glued to the start of another.
     """
 
     def __init__(self, path: str | None, shared: bool = False) -> None:
@@ -214,6 +224,10 @@ class AccessLog:
         self.pending: list[str] = []
         self.lines = 0
         self.written = 0.0  # time.monotonic() of the last write
+        self.held = b""  # bytes the log refused, to write first; may start mid-line
+        self.held_mid_line = False  # the log holds the start of held's first line
+        self.lost = 0  # lines dropped while the log failed (over LOG_BACKLOG)
+        self.failure: str | None = None  # why the log cannot be written now
 
     def _open(self) -> IO[bytes]:
         if self.path is None:
@@ -236,18 +250,49 @@ class AccessLog:
         self.pending.append(line)
 
     def flush(self) -> None:
-        if not self.pending:
+        if not self.pending and not self.held:
             return
         self.written = time.monotonic()
-        data = ("\n".join(self.pending) + "\n").encode("utf-8", "surrogateescape")
+        data = ("\n".join(self.pending) + "\n").encode("utf-8", "surrogateescape") if self.pending else b""
         self.lines += len(self.pending)
         self.pending.clear()
+        data, self.held = self.held + data, b""
         if self.shared and self.path is None and len(data) > select.PIPE_BUF:
             self._write_in_pipe_chunks(data)
         else:
-            self.stream.write(data)
-        if self.path is None:
-            self.stream.flush()
+            self._write_all(data)
+
+    def _write_all(self, data: bytes, then: bytes = b"") -> bool:
+        """Write all of ``data``, continuing short writes; hold what the log refuses, and ``then``."""
+        fd = self.stream.fileno()
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(fd, view[done:])
+        except OSError as error:
+            self._hold(error, data[done:] + then, data[done - 1] != 0x0A if done else self.held_mid_line)
+            return False
+        self.held_mid_line = False
+        if self.failure is not None:
+            lost = f"; {self.lost} lines were lost" if self.lost else ""
+            print(f"tcpfp: the access log is written again{lost}", file=sys.stderr)
+            self.failure, self.lost = None, 0
+        return True
+
+    def _hold(self, error: OSError, rest: bytes, mid_line: bool) -> None:
+        """Keep ``rest`` (whole lines dropped first over LOG_BACKLOG bytes) and say once why."""
+        if len(rest) > LOG_BACKLOG:
+            keep = rest.find(b"\n") + 1 if mid_line else 0  # the end of a line begun in the log
+            drop_to = rest.find(b"\n", len(rest) - LOG_BACKLOG) + 1
+            if drop_to > keep:
+                self.lost += rest.count(b"\n", keep, drop_to)
+                rest = rest[:keep] + rest[drop_to:]
+        self.held, self.held_mid_line = rest, mid_line
+        if self.failure is None:
+            self.failure = error.strerror or str(error)
+            print(f"tcpfp: cannot write the access log {self.path or 'to stdout'}: {self.failure}; "
+                  f"holding up to {LOG_BACKLOG >> 10} KiB of lines until it can", file=sys.stderr)
 
     def _write_in_pipe_chunks(self, data: bytes) -> None:
         start = 0
@@ -255,8 +300,8 @@ class AccessLog:
             end = data.rfind(b"\n", start, start + select.PIPE_BUF) + 1
             if end <= start:  # one line longer than PIPE_BUF: write it alone
                 end = data.index(b"\n", start) + 1
-            self.stream.write(data[start:end])
-            self.stream.flush()
+            if not self._write_all(data[start:end], data[end:]):
+                return
             start = end
 
     def reopen(self) -> None:
@@ -270,13 +315,20 @@ class AccessLog:
             return
         old, self.stream = self.stream, new
         old.close()
+        if self.held_mid_line:  # the start of that line is in the old file: its end is no line here
+            self.held = self.held[self.held.find(b"\n") + 1 :]
+            self.held_mid_line = False
+            self.lost += 1
 
     def close(self) -> None:
         self.flush()
+        if self.held:
+            unwritten = self.held.count(b"\n") + self.lost
+            print(f"tcpfp: {unwritten} access log lines could not be written ({self.failure})",
+                  file=sys.stderr)
+            self.held = b""
         if self.path is not None:
             self.stream.close()
-        else:
-            self.stream.flush()
 
 
 # --------------------------------------------------------------------------- responses
@@ -414,6 +466,9 @@ class AcceptTransport:
     def is_closing(self) -> bool:
         return self.state == self.CLOSED or self.close_asked or self.abort_asked
 
+    def get_write_buffer_size(self) -> int:
+        return len(self.pending)
+
     def finished(self) -> bool:
         return self.state == self.CLOSED
 
@@ -450,7 +505,7 @@ class Connection(asyncio.Protocol):
         "server", "transport", "obs", "remote", "local", "buffer", "requests", "timer", "deadline",
         "sock",
         "started", "busy", "closing", "head", "body_left", "body", "blank_lines",
-        "half_closed", "obs_now", "received",
+        "half_closed", "obs_now", "received", "write_paused", "unsent",
     )
 
     def __init__(self, server: Server) -> None:
@@ -469,6 +524,8 @@ class Connection(asyncio.Protocol):
         self.started = 0.0
         self.obs_now: Observation | None = None  # this callback's request-time observation
         self.received = 0  # bytes of the current request so far, head and body (%I)
+        self.write_paused = False  # the client does not read our answers as fast as it asks
+        self.unsent = -1  # bytes of answers not sent when the send timer was set (-1: none set)
 
     # -- accept ----------------------------------------------------------------
     def accepted(self, sock: _socket.socket, address: tuple, local: tuple[str, int] | None) -> None:
@@ -631,6 +688,26 @@ class Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         self.server.idle_check()
 
+    def pause_writing(self) -> None:
+        """Answers pile up unsent (pipelining without reading): read and answer no more until
+        they leave, and cut the connection off if they stop leaving (``_arm_send``)."""
+        self.write_paused = True
+        self.transport.pause_reading()
+        self._arm_send()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.closing:
+            return
+        self.transport.resume_reading()
+        if not self.busy:
+            self._process()
+
+    def _arm_send(self) -> None:
+        """Time out in --request-timeout unless what is unsent now is leaving by then."""
+        self.unsent = self.transport.get_write_buffer_size()
+        self._arm(self.server.config.request_timeout)
+
     # -- request handling --------------------------------------------------
     def _arm(self, delay: float) -> None:
         """Time the connection out ``delay`` seconds from now.
@@ -657,9 +734,16 @@ class Connection(asyncio.Protocol):
         if self.deadline > loop.time():  # requests since the timer was set moved the deadline on
             self.timer = loop.call_at(self.deadline, self._timeout)
             return
+        unsent = self.transport.get_write_buffer_size()
+        if unsent and (self.unsent < 0 or unsent < self.unsent):  # the client reads, if slowly
+            self._arm_send()
+            return
         self._log_unfinished(408)
         self.closing = True
-        self.transport.close()
+        if unsent:  # a client that reads nothing is not waited for: close() would wait forever
+            self.transport.abort()
+        else:
+            self.transport.close()
 
     def _log_unfinished(self, status: int) -> None:
         """A request that started arriving but never completed still gets its line,
@@ -692,7 +776,7 @@ class Connection(asyncio.Protocol):
 
     def _process(self) -> None:
         config = self.server.config
-        while not self.closing and not self.busy:
+        while not self.closing and not self.busy and not self.write_paused:
             if self.head is not None:  # reading a body
                 take = min(self.body_left, len(self.buffer))
                 if take:
@@ -713,6 +797,8 @@ class Connection(asyncio.Protocol):
                 self.blank_lines = True  # ...unless nothing follows them
                 if not self.buffer:
                     return
+            if self.buffer == b"\r":  # an empty line's CR, its LF in the next segment
+                return
             try:
                 buffer = self.buffer
                 room = (config.limits.line_bytes + 2) * (config.limits.max_headers + 2)
@@ -804,10 +890,15 @@ class Connection(asyncio.Protocol):
                   len(answer), keep_alive)
         self.requests += 1
         if keep_alive:
-            self._arm(self.server.config.keepalive_timeout)
+            if self.write_paused:
+                self._arm_send()
+            else:
+                self._arm(self.server.config.keepalive_timeout)
         else:
             self.closing = True
             self.transport.close()
+            if self.transport.get_write_buffer_size():
+                self._arm_send()
 
     def _write_last(self, answer: bytes) -> None:
         """Write the connection's last answer; the caller closes the transport right after."""
@@ -1002,6 +1093,8 @@ class Server:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.log.reopen)
+        # A worker starts with these blocked (``_supervise``): one sent meanwhile is handled now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
         if ready:
             ready()
         try:
@@ -1023,6 +1116,21 @@ class Server:
                     conn._log_unfinished(408)
                     conn.transport.abort()
             self.log.close()
+
+
+def check_limits(config: ServerConfig) -> None:
+    """Refuse limits and timeouts no server can work with (a start-up error, not a
+    server that answers every request 414 or 503, or fails on every connection)."""
+    limits = config.limits
+    for name, value in (("--max-line", limits.max_line), ("--max-headers", limits.max_headers),
+                        ("--max-connections", config.max_connections)):
+        if value < 1:
+            raise StartupError(f"{name} {value}: must be at least 1")
+    for name, seconds in (("--request-timeout", config.request_timeout),
+                          ("--keepalive-timeout", config.keepalive_timeout),
+                          ("--cgi-timeout", config.cgi_timeout)):
+        if not 0 < seconds < float("inf"):
+            raise StartupError(f"{name} {seconds}: expected a number of seconds above 0")
 
 
 def _runner(loop_name: str) -> Callable:
@@ -1051,6 +1159,7 @@ def serve(config: ServerConfig, loop_name: str = "auto") -> None:
         raise StartupError(f"--cgi-dir {config.cgi_dir}: not a directory")
     if config.workers < 1:
         raise StartupError("--workers must be at least 1")
+    check_limits(config)
     runner = _runner(loop_name)
     if config.workers == 1:
         server = Server(config, open_listeners(config))
@@ -1062,12 +1171,31 @@ def serve(config: ServerConfig, loop_name: str = "auto") -> None:
     _supervise(config, per_worker, runner)
 
 
+#: The signals the parent of ``--workers`` forwards to its workers.
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def _supervise(config: ServerConfig, per_worker: list[list[socket.socket]], runner: Callable) -> None:
     children: dict[int, int] = {}  # pid -> worker index
 
     def start(index: int) -> None:
-        pid = os.fork()
+        # Signals wait until the child is in ``children`` (so ``forward`` reaches it) and,
+        # in the child, until its event loop handles them (``Server.run`` unblocks them):
+        # without this, a SIGTERM then ran the parent's ``forward`` in the child, which went on.
+        if stopping:
+            return
+        signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+        pid = -1
+        try:
+            pid = os.fork()
+            if pid > 0:
+                children[pid] = index
+        finally:
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
         if pid == 0:
+            for signum in _FORWARDED:
+                signal.signal(signum, signal.SIG_DFL)
             code = 0
             try:
                 for other, sockets in enumerate(per_worker):
@@ -1080,7 +1208,6 @@ def _supervise(config: ServerConfig, per_worker: list[list[socket.socket]], runn
                 code = 1
             finally:
                 os._exit(code)
-        children[pid] = index
 
     stopping = False
 
@@ -1094,7 +1221,7 @@ def _supervise(config: ServerConfig, per_worker: list[list[socket.socket]], runn
             except ProcessLookupError:
                 pass
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in _FORWARDED:
         signal.signal(signum, forward)
     for index in range(len(per_worker)):
         start(index)
