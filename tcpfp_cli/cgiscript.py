@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
@@ -42,22 +43,28 @@ def resolve(cgi_dir: Path, path: bytes) -> tuple[Path, str, str]:
     return script, "/cgi-bin/" + name, ("/" + info) if info else ""
 
 
+#: The end of a CGI header section: the first empty line, each line ending in LF or CR LF.
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: Connection-level headers are the server's to send (it frames the answer): a script's are dropped.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+                        "proxy-connection"})
+
+
 def parse_output(output: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
     """Split a CGI response into status, headers and body (RFC 3875 section 6)."""
-    for separator in (b"\r\n\r\n", b"\n\n"):
-        end = output.find(separator)
-        if end >= 0:
-            head, body = output[:end], output[end + len(separator):]
-            break
-    else:
+    end = _HEADER_END.search(output)  # the first empty line, not the first CR LF CR LF
+    if end is None:
         raise CgiFailure(500, "script output has no header section")
+    head, body = output[:end.start()], output[end.end():]
     status = 200
     headers: list[tuple[str, str]] = []
     for line in head.replace(b"\r\n", b"\n").split(b"\n"):
         name, colon, value = line.decode("latin-1").partition(":")
-        if not colon or not name.strip():
+        name, value = name.strip(), value.strip(" \t")
+        if not colon or not _HEADER_NAME.match(name) or _BAD_VALUE.search(value):
             raise CgiFailure(500, "malformed header in script output")
-        name, value = name.strip(), value.strip()
         if name.lower() == "status":
             code = value.split(" ", 1)[0]
             if not (code.isdigit() and 100 <= int(code) <= 599):
@@ -66,7 +73,7 @@ def parse_output(output: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
         elif name.lower() == "location" and status == 200:
             status = 302
             headers.append((name, value))
-        else:
+        elif name.lower() not in HOP_BY_HOP:
             headers.append((name, value))
     if not any(k.lower() in ("content-type", "location") for k, _ in headers):
         raise CgiFailure(500, "script output has no Content-Type")
@@ -92,13 +99,12 @@ async def run_cgi(
     try:
         output = await asyncio.wait_for(_collect(process, body, max_output), timeout)
     except (asyncio.TimeoutError, CgiFailure) as error:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # the script and anything it started
-        except ProcessLookupError:
-            pass
-        await process.wait()
+        await _kill(process)
         reason = "script timed out" if isinstance(error, asyncio.TimeoutError) else str(error)
         return 500, [], f"{reason}\n".encode()
+    except asyncio.CancelledError:  # the server stops: the script must not outlive it
+        await _kill(process)
+        raise
     if process.returncode != 0:
         return 500, [], f"script exited with status {process.returncode}\n".encode()
     try:
@@ -107,21 +113,59 @@ async def run_cgi(
         return failure.status, [], f"{failure.reason}\n".encode()
 
 
-async def _collect(process: asyncio.subprocess.Process, body: bytes, max_output: int) -> bytes:
-    assert process.stdin and process.stdout
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    """Kill the script and everything it started, and reap it, in bounded time.
+
+    The stdlib loop reports a process's exit only once all its pipes are closed,
+    and a stdout reader whose buffer is full has stopped reading (so it would
+    never see the end): read stdout to its end first.  A descendant that left the
+    process group can still hold a pipe: then stop waiting and close the pipes.
+    """
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+    async def drain_and_wait() -> None:
+        assert process.stdout
+        while await process.stdout.read(65536):
+            pass
+        await process.wait()
+
+    try:
+        await asyncio.wait_for(drain_and_wait(), 2.0)
+    except asyncio.TimeoutError:
+        transport = getattr(process, "_transport", None)
+        if transport is not None:
+            transport.close()
+
+
+async def _feed(stdin: asyncio.StreamWriter, body: bytes) -> None:
     try:
         if body:
-            process.stdin.write(body)
-            await process.stdin.drain()
-        process.stdin.close()
+            stdin.write(body)
+            await stdin.drain()
+        stdin.close()
     except (BrokenPipeError, ConnectionResetError, RuntimeError):
         pass  # the script exited without reading its input (uvloop raises RuntimeError)
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await process.stdout.read(65536):
-        size += len(chunk)
-        if size > max_output:
-            raise CgiFailure(500, "script output too large")
-        chunks.append(chunk)
+
+
+async def _collect(process: asyncio.subprocess.Process, body: bytes, max_output: int) -> bytes:
+    """The script's output.  Its input is written meanwhile, not first: a script may
+    write more than a pipe holds before it reads its input (or never read it)."""
+    assert process.stdin and process.stdout
+    feeder = asyncio.ensure_future(_feed(process.stdin, body))
+    try:
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await process.stdout.read(65536):
+            size += len(chunk)
+            if size > max_output:
+                raise CgiFailure(500, "script output too large")
+            chunks.append(chunk)
+    finally:
+        if not feeder.done():  # its output is complete: what it has not read of its input is dropped
+            feeder.cancel()
+            process.stdin.transport.abort()
     await process.wait()
     return b"".join(chunks)

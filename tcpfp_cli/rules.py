@@ -65,6 +65,7 @@ _OPERATOR = re.compile(r"[=!<>~]+")
 _BARE = re.compile(r'(?:(?!->)[^\s()"])+')
 _WORD = re.compile(r"[A-Za-z0-9_]+")
 _NUMBER = re.compile(r"-?[0-9]+")
+_LINES = re.compile(r"\r\n|\r|\n")
 
 
 class RuleError(TcpfpError):
@@ -197,7 +198,7 @@ def load_rules(path: str | Path) -> RuleSet:
     """Read and compile a rules file; ``RuleError`` names the file and line of a bad rule."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a byte-order mark is no part of line 1
     except OSError as error:
         raise TcpfpError(f"--deny {source}: {error.strerror}") from None
     except UnicodeDecodeError:
@@ -207,7 +208,9 @@ def load_rules(path: str | Path) -> RuleSet:
 
 def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
     rules = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # Lines end at LF, CR LF or CR only: not at the other breaks ``str.splitlines`` knows
+    # (form feed, NEL, U+2028...), which would renumber the rules and could end a comment.
+    for number, line in enumerate(_LINES.split(text), 1):
         rule = parse_rule(line, number, source)
         if rule is not None:
             rules.append(rule)

@@ -38,6 +38,7 @@ import errno
 import ipaddress
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -47,6 +48,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from http import HTTPStatus
 from pathlib import Path
 from typing import IO
 
@@ -372,10 +374,17 @@ def response_head(status: int, content_type: str, length: int, keep_alive: bool,
     return head
 
 
+def _reason(status: int) -> str:
+    try:
+        return REASONS.get(status) or HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
 def _make_head(status: int, content_type: str, length: int, keep_alive: bool,
                extra: list[tuple[str, str]] | tuple = ()) -> bytes:
     lines = [
-        f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}",
+        f"HTTP/1.1 {status} {_reason(status)}",
         f"Date: {http_date()}",
         f"Server: {SERVER_NAME}",
         f"Content-Length: {length}",
@@ -494,6 +503,16 @@ def _at_request(obs: Observation, info: TcpInfo) -> Observation:
     return Observation(*obs[:3], info, *obs[4:])
 
 
+_ENV_NAME = re.compile(r"[A-Za-z0-9-]+\Z")
+
+
+def _host_name(host: str) -> str:
+    """A Host header without its port: ``[::1]:8080`` -> ``[::1]``, ``a.test:80`` -> ``a.test``."""
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.partition(":")[0]
+
+
 def _client_address(address: str) -> str:
     return address[7:] if address.startswith("::ffff:") and "." in address else address
 
@@ -505,7 +524,7 @@ class Connection(asyncio.Protocol):
         "server", "transport", "obs", "remote", "local", "buffer", "requests", "timer", "deadline",
         "sock",
         "started", "busy", "closing", "head", "body_left", "body", "blank_lines",
-        "half_closed", "obs_now", "received", "write_paused", "unsent",
+        "half_closed", "obs_now", "received", "write_paused", "unsent", "cgi_task",
     )
 
     def __init__(self, server: Server) -> None:
@@ -526,6 +545,7 @@ class Connection(asyncio.Protocol):
         self.received = 0  # bytes of the current request so far, head and body (%I)
         self.write_paused = False  # the client does not read our answers as fast as it asks
         self.unsent = -1  # bytes of answers not sent when the send timer was set (-1: none set)
+        self.cgi_task: asyncio.Task | None = None  # the CGI script answering, if any
 
     # -- accept ----------------------------------------------------------------
     def accepted(self, sock: _socket.socket, address: tuple, local: tuple[str, int] | None) -> None:
@@ -576,7 +596,7 @@ class Connection(asyncio.Protocol):
         if deny is not None and (rule := deny.at_accept(self.obs)) is not None:
             self.obs = self.obs._replace(deny=rule)
             if rule.action == "close" and not config.deny_dry_run:
-                self._drop()
+                self._drop(data)
                 return
         if len(server.connections) >= config.max_connections:
             server.refused += 1
@@ -643,12 +663,19 @@ class Connection(asyncio.Protocol):
         self.closing = True
         self.transport.close()
 
-    def _drop(self) -> None:
-        """A ``close`` rule matched: reset the connection without answering it, and log that."""
+    def _drop(self, data: bytes | None) -> None:
+        """A ``close`` rule matched: reset the connection without answering it, and log that,
+        with the first line of what it had already sent (the accept's one read), if anything."""
         self.closing = True
         self.started = time.time()
         self.transport.reset()
-        self._log(b"-", None, DROPPED, 0, self.obs)
+        line = b"-"
+        if data:
+            data = data.lstrip(b"\r\n")
+            end = data.find(b"\n")
+            line = (data if end < 0 else data[:end]).rstrip(b"\r")[: self.server.config.limits.line_bytes] or b"-"
+            self.received = len(data)
+        self._log(line, None, DROPPED, 0, self.obs)
 
     # -- asyncio callbacks (after the hand-over) ------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -670,6 +697,9 @@ class Connection(asyncio.Protocol):
         self.buffer += data
         if not self.busy:
             self._process()
+        elif len(self.buffer) > RECEIVE_SIZE and type(self.transport) is not AcceptTransport:
+            # A script is answering: hold what comes next in the kernel, not in memory.
+            self.transport.pause_reading()
         if starts and not self.closing and not self.busy and (self.buffer or self.head is not None):
             self._arm(self.server.config.request_timeout)
 
@@ -851,7 +881,7 @@ class Connection(asyncio.Protocol):
             if self.timer is not None:
                 self.timer.cancel()  # the script has --cgi-timeout, not the request timeout
                 self.timer = None
-            asyncio.get_running_loop().create_task(self._run_cgi(head, obs))
+            self.cgi_task = asyncio.get_running_loop().create_task(self._run_cgi(head, obs))
             return
         keep_alive = head.keep_alive and not head.chunked and not server.stopping
         if server.body is not None:
@@ -950,10 +980,16 @@ class Connection(asyncio.Protocol):
                 server.cgi_dir, head, bytes(self.body), self._cgi_environment(head, obs),
                 timeout=server.config.cgi_timeout, max_output=server.config.cgi_max_output,
             )
+        except asyncio.CancelledError:  # the server stops: the script was killed; log the request
+            status, headers, body = 503, [], b"503 Service Unavailable: the server is stopping\n"
         except Exception as error:  # a failing script must not take the server down
             print(f"tcpfp: CGI {head.path!r}: {error}", file=sys.stderr)
             status, headers, body = 500, [], b"CGI script failed\n"
         self.busy = False
+        self.cgi_task = None
+        if (type(self.transport) is not AcceptTransport and not self.closing and not self.write_paused
+                and not self.transport.is_closing()):
+            self.transport.resume_reading()  # paused (data_received) while the script ran
         if self.closing or self.transport.is_closing():
             self._log(head.request_line, head, status, 0, obs)  # the client left meanwhile
             return
@@ -974,23 +1010,25 @@ class Connection(asyncio.Protocol):
             "GATEWAY_INTERFACE": "CGI/1.1",
             "SERVER_SOFTWARE": SERVER_NAME,
             "SERVER_PROTOCOL": head.version.decode("ascii"),
-            "SERVER_NAME": head.headers.get("host", b"").decode("latin-1").split(":")[0] or self.local[0],
+            "SERVER_NAME": _host_name(head.headers.get("host", b"").decode("latin-1")) or self.local[0],
             "SERVER_ADDR": self.local[0],
             "SERVER_PORT": str(self.local[1]),
             "REMOTE_ADDR": self.remote[0],
             "REMOTE_PORT": str(self.remote[1]),
             "REQUEST_METHOD": head.method.decode("ascii"),
-            "REQUEST_URI": head.target.decode("latin-1"),
-            "QUERY_STRING": head.query[1:].decode("latin-1"),
+            "REQUEST_URI": head.target.decode("utf-8", "surrogateescape"),  # the bytes as received
+            "QUERY_STRING": head.query[1:].decode("utf-8", "surrogateescape"),
             "PATH": "/usr/local/bin:/usr/bin:/bin",
         }
         if head.content_length:
             env["CONTENT_LENGTH"] = str(head.content_length)
         if "content-type" in head.headers:
-            env["CONTENT_TYPE"] = head.headers["content-type"].decode("latin-1")
+            env["CONTENT_TYPE"] = head.headers["content-type"].decode("utf-8", "surrogateescape")
         for name, value in head.headers.items():
-            if name not in ("content-type", "content-length", "proxy"):
-                env["HTTP_" + name.upper().replace("-", "_")] = value.decode("latin-1")
+            # Only letters, digits and '-' (as Apache): 'X_Forwarded_For' must not pass for
+            # 'X-Forwarded-For'.  'Proxy' never becomes HTTP_PROXY (httpoxy).
+            if name not in ("content-type", "content-length", "proxy") and _ENV_NAME.match(name):
+                env["HTTP_" + name.upper().replace("-", "_")] = value.decode("utf-8", "surrogateescape")
         if config.env_vars or config.env_tcp_info or config.env_saved_syn:
             env.update(environment(obs, scalars=config.env_vars, tcp_info=config.env_tcp_info,
                                    saved_syn=config.env_saved_syn))
@@ -1112,6 +1150,11 @@ class Server:
             try:
                 await asyncio.wait_for(self._stopped.wait(), self.config.shutdown_timeout)
             except asyncio.TimeoutError:
+                scripts = [c.cgi_task for c in self.connections if c.cgi_task is not None]
+                for task in scripts:
+                    task.cancel()  # kills the script; its request is answered 503 and logged
+                if scripts:
+                    await asyncio.wait(scripts, timeout=5)
                 for conn in list(self.connections):
                     conn._log_unfinished(408)
                     conn.transport.abort()

@@ -347,3 +347,22 @@ def test_remembered_accept_answers_equal_evaluating_every_rule():
         expected = next((r for r in rules.rules if not r.request_time and r.test(obs)), None)
         assert rules.at_accept(obs) is expected
         assert rules.at_accept(obs) is expected
+
+
+def test_a_byte_order_mark_is_no_part_of_the_first_line(tmp_path):
+    """Windows editors save UTF-8 with a BOM: the file must still load, line 1 its first rule."""
+    path = tmp_path / "bom.rules"
+    path.write_bytes("\ufeff# my rules\nFINGERPRINT_IP_TTL = 50 -> close\n".encode())
+    assert [rule.tag for rule in load_rules(path).rules] == ["2:close"]
+
+
+@pytest.mark.parametrize("separator", ["\x0c", "\x0b", "\x1c", "\x85", "\u2028", "\u2029"])
+def test_only_lf_cr_lf_and_cr_end_a_line(separator):
+    """Other characters that ``str.splitlines`` breaks at must neither renumber the rules
+    (FINGERPRINT_DENY names the line) nor end a comment and so turn its rest into a rule."""
+    text = (f"# section one{separator}\n"
+            f"# old: {separator}FINGERPRINT_IP_TTL = 50 -> close\n"
+            "FINGERPRINT_IP_TTL = 50 -> 403\n")
+    rules = parse_rules(text)
+    assert [rule.tag for rule in rules.rules] == ["3:403"]
+    assert rules.first(MOZI).tag == "3:403"

@@ -520,3 +520,108 @@ def test_a_request_pipelined_behind_a_slow_script_waits_for_it(tmp_path, cgi_dir
     assert rest.count(b"HTTP/1.1 200 ") == 2 and b"done\n" in rest
     assert [(r["request"], r["status"]) for r in records] == [
         ("GET /first HTTP/1.1", "200"), ("GET /cgi-bin/ponder.sh HTTP/1.1", "200"), ("GET /third HTTP/1.1", "200")]
+
+
+# --------------------------------------------------------------------------- found by a review
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_body_larger_than_the_pipes_to_a_script_that_answers_as_it_reads(tmp_path, cgi_dir, loop):
+    """The script's output is read while its input is written: `cat` echoes a 1 MB body
+    (more than the pipes and the reader's buffer hold), at once, not after --cgi-timeout
+    (uvloop: 500) or never (the stdlib loop: no answer and no line at all)."""
+    write_script(cgi_dir, "cat.sh", "#!/bin/sh\nprintf 'Content-Type: application/octet-stream\\n\\n'\n"
+                 "exec cat\n")
+    payload = bytes(i % 251 for i in range(1_000_000))
+    with serve_cgi(tmp_path, cgi_dir, "--cgi-timeout", "3", "--loop", loop) as server:
+        answer = exchange("127.0.0.1", server.port, b"POST /cgi-bin/cat.sh HTTP/1.0\r\nContent-Length: %d\r\n\r\n"
+                          % len(payload) + payload, timeout=8, shut=False)
+        records = server.records(1)
+    status, _, body = split_response(answer)
+    assert status == 200 and body == payload
+    assert [r["status"] for r in records] == ["200"]
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_script_still_running_when_the_server_stops_is_killed_and_its_request_logged(tmp_path, cgi_dir, loop):
+    """SIGTERM waits 5 s for requests in flight; a script that needs longer must not outlive
+    the server (it ran on as an orphan) and its request still gets its one line (it got none)."""
+    pids = tmp_path / "pid"
+    write_script(cgi_dir, "long.sh", f"#!/bin/sh\necho $$ > {pids}\nexec sleep 9\n")
+    server = serve_cgi(tmp_path, cgi_dir, "--cgi-timeout", "30", "--loop", loop)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=15) as s:
+            s.sendall(b"GET /cgi-bin/long.sh HTTP/1.0\r\n\r\n")
+            deadline = time.monotonic() + 5
+            while not pids.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert server.stop() == 0
+            answer = s.recv(65536)
+        pid = int(pids.read_text())
+        alive = pid_alive(pid)
+        records = server.records()
+    finally:
+        server.stop()
+        kill_leftovers(pids, b"sleep")
+    assert not alive
+    assert answer.startswith(b"HTTP/1.1 503 ")
+    assert [(r["request"], r["status"]) for r in records] == [("GET /cgi-bin/long.sh HTTP/1.0", "503")]
+
+
+def test_bytes_sent_behind_a_running_script_are_not_held_in_memory(tmp_path, cgi_dir):
+    """While a script answers, what the client sends next waits in the kernel: a client
+    streaming junk meanwhile took 1 GiB of the server's memory per second."""
+    write_script(cgi_dir, "nap.sh", "#!/bin/sh\nsleep 3\nprintf 'Content-Type: text/plain\\n\\nlate\\n'\n")
+    with serve_cgi(tmp_path, cgi_dir) as server:
+        def rss_kib() -> int:
+            status = Path(f"/proc/{server.process.pid}/status").read_text()
+            return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+
+        before = rss_kib()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=1) as s:
+            s.sendall(b"GET /cgi-bin/nap.sh HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.2)
+            junk, sent, started = b"x" * (1 << 20), 0, time.monotonic()
+            while sent < 256 << 20 and time.monotonic() - started < 2:
+                try:
+                    s.sendall(junk)
+                except (socket.timeout, OSError):
+                    break
+                sent += len(junk)
+            grown = rss_kib() - before
+    assert grown < 32 << 10, f"the server grew by {grown >> 10} MiB"
+
+
+def test_the_header_section_ends_at_the_first_empty_line(site):
+    """LF-ended headers and a body holding CR LF CR LF (RFC 3875 6: NL is LF or CR LF): the
+    headers end at the first empty line; the body was read as headers and gave 500."""
+    write_script(site.cgi, "crlf-body.sh", "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\none\\r\\n\\r\\nthree\\n'\n")
+    status, headers, body = split_response(get(site.server.port, "/cgi-bin/crlf-body.sh"))
+    assert status == 200 and headers["content-type"] == "text/plain" and body == b"one\r\n\r\nthree\n"
+
+
+def test_a_scripts_connection_headers_and_control_bytes_do_not_reach_the_client(site):
+    """The server frames the answer (Content-Length, Connection): a script's Transfer-Encoding
+    or Connection would contradict it; a bare CR in a header value is no header line."""
+    write_script(site.cgi, "framing.sh", "#!/bin/sh\nprintf 'Content-Type: text/plain\\nTransfer-Encoding: chunked\\n"
+                 "Connection: keep-alive\\nX-Kept: 1\\n\\nplain\\n'\n")
+    write_script(site.cgi, "bare-cr.sh", "#!/bin/sh\nprintf 'Content-Type: text/plain\\nX-A: a\\rSet-Cookie: x=1\\n\\nb\\n'\n")
+    answer = get(site.server.port, "/cgi-bin/framing.sh")
+    status, headers, body = split_response(answer)
+    assert status == 200 and body == b"plain\n" and headers["x-kept"] == "1"
+    assert b"transfer-encoding" not in answer.lower() and answer.lower().count(b"connection:") == 1
+    status, _, body = split_response(get(site.server.port, "/cgi-bin/bare-cr.sh"))
+    assert status == 500 and b"Set-Cookie" not in body
+
+
+def test_request_bytes_reach_the_environment_unchanged_and_names_are_not_confused(site):
+    """Header and query bytes are the bytes received (they were re-encoded as UTF-8 from
+    Latin-1); 'X_Forwarded_For' does not overwrite X-Forwarded-For (Apache drops such names);
+    an IPv6 Host keeps its brackets in SERVER_NAME (it became '[')."""
+    request = (b"GET /cgi-bin/env.sh?x=\xe9 HTTP/1.1\r\nHost: [::1]:8080\r\nX-Forwarded-For: 192.0.2.1\r\n"
+               b"X_Forwarded_For: 198.51.100.6\r\nX-Latin: caf\xe9\r\nConnection: close\r\n\r\n")
+    body = split_response(exchange("127.0.0.1", site.server.port, request, shut=False))[2]
+    env = dict(line.split(b"=", 1) for line in body.splitlines() if b"=" in line)
+    assert env[b"HTTP_X_FORWARDED_FOR"] == b"192.0.2.1"
+    assert env[b"HTTP_X_LATIN"] == b"caf\xe9" and env[b"QUERY_STRING"] == b"x=\xe9"
+    assert env[b"SERVER_NAME"] == b"[::1]"

@@ -28,7 +28,7 @@ from scapy.layers.inet import IP, TCP
 
 from conftest import need, need_root
 from fakehost import Conversation, Namespace, replay, wait_for_port
-from servehelp import Served
+from servehelp import Served, paused
 from tcpfp_cli.logformat import compile_format
 
 FIXTURES = Path(__file__).parent / "fixtures" / "syn"
@@ -106,7 +106,8 @@ def test_a_closed_connection_is_logged_once_with_its_rule(denied_in_namespace):
     dropped = [r for r in records if r["FINGERPRINT_SAVED_SYN"] == sent[CLOSE_PORT, "seed_mozi_1"].hex()]
     assert len(dropped) == 1
     (record,) = dropped
-    assert record["request"] is None  # nothing was read: "-"
+    # "-" if the request had not arrived when the connection was accepted, else its first line
+    assert record["request"] in (None, "GET /seed_mozi_1 HTTP/1.0")
     assert record["status"] == "444"  # nginx's "closed without response"
     assert record["bytes"] is None
     assert record["FINGERPRINT_DENY"] == "2:close"
@@ -206,7 +207,19 @@ def test_loopback_clients_are_refused_by_their_ip_ttl(tmp_path):
         "FINGERPRINT_IP_TTL = 55 and FINGERPRINT_REQ_RCV_MSS > 0 -> 403\n")
     fmt = '"%r" %>s %{FINGERPRINT_IP_TTL}g %{FINGERPRINT_DENY}g'
     with Served(tmp_path, "--deny", str(rules), log_format=fmt) as served:
-        closed, reset = _talk(served.port, 33)
+        # A request already waiting when the connection is accepted (the server paused
+        # meanwhile): reset unanswered, and its first line logged.
+        with paused(served):
+            early = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            early.settimeout(5)
+            early.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 33)
+            early.connect(("127.0.0.1", served.port))
+            early.sendall(b"GET /early HTTP/1.0\r\n\r\n")
+        with early:
+            try:
+                closed, reset = early.recv(65536), False
+            except ConnectionResetError:
+                closed, reset = b"", True
         assert closed == b"" and reset
         silent, reset = _talk(served.port, 33, b"")  # nothing unread: still a reset, not a FIN
         assert silent == b"" and reset
@@ -217,10 +230,11 @@ def test_loopback_clients_are_refused_by_their_ip_ttl(tmp_path):
         served_ok, _ = _talk(served.port, 66)
         assert served_ok.startswith(b"HTTP/1.1 200 OK\r\n")
         records = served.records(5)
-    logged = sorted((r["FINGERPRINT_IP_TTL"], r["status"], r["FINGERPRINT_DENY"], r["request"]) for r in records)
+    logged = sorted(((r["FINGERPRINT_IP_TTL"], r["status"], r["FINGERPRINT_DENY"], r["request"]) for r in records),
+                    key=lambda t: (t[0], t[3] or ""))
     assert logged == [
-        ("33", "444", "1:close", None),
-        ("33", "444", "1:close", None),
+        ("33", "444", "1:close", None),  # it had sent nothing: "-"
+        ("33", "444", "1:close", "GET /early HTTP/1.0"),  # what it had sent, never answered
         ("44", "403", "2:403", "GET /ttl HTTP/1.0"),
         ("55", "403", "4:403", "GET /ttl HTTP/1.0"),
         ("66", "200", None, "GET /ttl HTTP/1.0"),
