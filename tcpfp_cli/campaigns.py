@@ -75,7 +75,7 @@ def _tokens(text: str) -> str:
 
     A percent-encoded separator byte (``%2F``, ``%20``) is kept as it is; the text between such
     bytes is worked on piece by piece, so ``http%3A%2F%2F1.2.3.4%3A8080`` has its address and
-    port replaced as ``http://1.2.3.4:8080`` has, and the ``20`` of ``%20`` is not a number.
+    port replaced (``http%3A%2F%2F<ip>%3A<n>``), and the ``20`` of ``%20`` is not a number.
     """
     if _DIGIT_OR_LONG.search(text) is None:
         return text

@@ -93,6 +93,21 @@ def _first_line(buffer: bytes) -> bytes:
     return line[:-1] if line.endswith(b"\r") else line
 
 
+def request_line_of(data: bytes, limit: int) -> bytes:
+    """The first line of what a client sent, empty lines before it skipped, cut at ``limit``
+    bytes: the request line to log for input that is not (or not yet) a whole request."""
+    return _first_line(data.lstrip(b"\r\n"))[:limit]
+
+
+def host_without_port(host: bytes) -> bytes:
+    """A Host header's name: ``[2001:db8::1]:80`` -> ``[2001:db8::1]``, ``a.test:80`` -> ``a.test``.
+    Anything else (no port, a bare IPv6 address, an unclosed bracket) is returned as it is."""
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        return host[: end + 1] if end > 0 else host
+    return host.rsplit(b":", 1)[0] if host.count(b":") == 1 else host
+
+
 def skip_blank_lines(buffer: bytes) -> int:
     """How many bytes of empty lines precede the request (RFC 9112 2.2: SHOULD ignore them)."""
     at = 0

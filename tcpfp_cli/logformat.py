@@ -54,6 +54,7 @@ from typing import NamedTuple
 
 from .errors import TcpfpError, UnknownField
 from .fields import BY_NAME, FIELDS, Field, Observation, Renderer, lookup, render
+from .httpwire import host_without_port
 
 __all__ = [
     "AccessRecord",
@@ -253,7 +254,7 @@ _SIMPLE: dict[str, tuple[str, str, bool, Callable[[_R], str]]] = {
     "I": ("bytes_in", "int", False, lambda r: str(r.bytes_in)),
     "O": ("bytes_out", "int", False, lambda r: str(r.bytes_out)),
     "S": ("bytes_in_out", "int", False, lambda r: str(r.bytes_in + r.bytes_out)),
-    "v": ("server_name", "text", True, lambda r: escape(_host_name())),
+    "v": ("server_name", "text", True, lambda r: escape(_this_host())),
     "V": ("server_name_used", "text", True, lambda r: escape(_name_used(r))),
     "P": ("pid", "int", False, lambda r: str(os.getpid())),
     "X": ("connection_status", "text", False, lambda r: "+" if r.kept_alive else "-"),
@@ -261,8 +262,10 @@ _SIMPLE: dict[str, tuple[str, str, bool, Callable[[_R], str]]] = {
 _ALL_LETTERS = "%a %A %b %B %D %e %g %h %H %i %I %k %l %m %o %O %p %P %q %r %s %S %t %T %u %U %v %V %X"
 
 
-def _host_name() -> str:
-    """This host's name: what Apache's %v shows without a ServerName."""
+def _this_host() -> str:
+    """This host's name: what Apache's %v shows without a ServerName.  (%v and %P read
+    the process's state when a line is written: a worker forked after the format was
+    compiled has its own pid.)"""
     if not _HOST_NAME:
         _HOST_NAME.append(socket.gethostname() or "-")
     return _HOST_NAME[0]
@@ -274,11 +277,7 @@ _HOST_NAME: list[str] = []
 def _name_used(r: AccessRecord) -> bytes | str:
     """Apache's %V (UseCanonicalName Off): the Host the client asked for, without its port."""
     host = r.request_headers.get("host")
-    if not host:
-        return _host_name()
-    if host.startswith(b"["):  # [v6]:port
-        return host[: host.find(b"]") + 1] or host
-    return host.rsplit(b":", 1)[0] if host.count(b":") == 1 else host
+    return host_without_port(host) if host else _this_host()
 
 
 #: strftime conversions -> the regular expression of their text (for %{format}t).
@@ -289,7 +288,10 @@ _STRFTIME = {
     "B": r"[A-Za-z]+", "a": r"[A-Za-z]+", "A": r"[A-Za-z]+", "p": r"[A-Za-z]*", "s": r"[0-9]+",
     "u": r"[0-9]", "w": r"[0-9]", "T": r"[0-9]{2}:[0-9]{2}:[0-9]{2}", "R": r"[0-9]{2}:[0-9]{2}",
     "D": r"[0-9]{2}/[0-9]{2}/[0-9]{2}", "F": r"[0-9]{4}-[0-9]{2}-[0-9]{2}", "%": "%",
+    "k": r"[ 0-9][0-9]", "l": r"[ 0-9][0-9]", "r": r"[0-9:]+ [A-Za-z]*",
+    "c": r"[A-Za-z]+ [A-Za-z]+ [ 0-9][0-9] [0-9:]+ [0-9]+",
 }
+_ANY_CONVERSION = r"[^\s\"]*(?: [^\s\"]+)*?"  # a conversion this table does not know: maybe spaces
 #: Apache's own %{...}t forms: seconds and parts of them since the epoch.
 _EPOCH_TIMES = {
     "sec": lambda t: str(int(t)), "msec": lambda t: str(int(t * 1000)),
@@ -303,8 +305,12 @@ def _strftime_pattern(fmt: str) -> str:
     out, i = [], 0
     while i < len(fmt):
         if fmt[i] == "%" and i + 1 < len(fmt):
-            out.append(_STRFTIME.get(fmt[i + 1], r"[^\s\"]*"))
-            i += 2
+            j = i + 1
+            while j < len(fmt) - 1 and fmt[j] in "-_0^#EO":  # glibc's flags and modifiers
+                j += 1
+            known = j == i + 1 and fmt[j] in _STRFTIME
+            out.append(_STRFTIME[fmt[j]] if known else _ANY_CONVERSION)
+            i = j + 1
         else:
             out.append(re.escape(fmt[i]))
             i += 1
@@ -511,6 +517,8 @@ class _Compiler:
         text = fmt[start : i + 1]
         if letter == "t" and arg is not None:
             column, kind, writer, pattern = _time_directive(arg)
+            if statuses:
+                pattern = f"(?:{pattern})|-"  # other statuses write '-'
             spec = _Writer(_conditional(writer, frozenset(statuses), negate), None, None) if statuses else \
                 _Writer(writer, None, None)
             self.items.append(Directive(text, letter, arg, column, kind, False, False, pattern, start))

@@ -521,12 +521,12 @@ class _Parser:
                 if len(out.examples) < self.max_examples:
                     out.examples.append((i + 1, f"{error.reason} (at character {error.column})"))
                 continue
-            big = next((c for c in self.ints if record[c] is not None
-                        and not _INT64.min <= int(record[c]) <= _INT64.max), None)  # type: ignore[arg-type]
+            big = next((c for c in self.ints if record[c] is not None and not _fits_int64(record[c])), None)
             if big is not None:
                 out.malformed += 1
                 if len(out.examples) < self.max_examples:
-                    out.examples.append((i + 1, f"{big} {record[big]} is out of the 64-bit integer range"))
+                    shown = record[big] if len(record[big]) <= 40 else record[big][:37] + "..."
+                    out.examples.append((i + 1, f"{big} {shown} is out of the 64-bit integer range"))
                 continue
             records.append(record)
             slow_rows.append(i)
@@ -797,6 +797,13 @@ def _restore(values: pd.Series, nplain: int, escaped: bool) -> tuple[pd.Series, 
 #: reads them exactly and rejects those beyond Int64.
 _EXACT_FLOAT = float(1 << 53)
 _INT64 = np.iinfo(np.int64)
+
+
+def _fits_int64(text: str) -> bool:
+    """A number's text (``-?[0-9]+``) within Int64; by its length first (Python refuses to
+    convert more than 4300 digits)."""
+    digits = len(text) - (text[0] == "-")
+    return digits <= 19 and _INT64.min <= int(text) <= _INT64.max
 
 
 def _to_int(values: pd.Series) -> tuple[pd.arrays.IntegerArray, np.ndarray]:

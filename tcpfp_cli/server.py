@@ -45,7 +45,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
@@ -55,7 +55,8 @@ from typing import IO
 from . import kernel
 from .errors import MalformedSyn, TcpfpError
 from .fields import SCALAR_FIELDS, Observation, environment, render
-from .httpwire import BadRequest, Limits, RequestHead, parse_head, read_plain_head, scan, skip_blank_lines
+from .httpwire import (BadRequest, Limits, RequestHead, host_without_port, parse_head, read_plain_head,
+                       request_line_of, scan, skip_blank_lines)
 from .logformat import AccessRecord, LogFormat
 from .oslabel import Labeler
 from .rules import RuleSet
@@ -506,13 +507,6 @@ def _at_request(obs: Observation, info: TcpInfo) -> Observation:
 _ENV_NAME = re.compile(r"[A-Za-z0-9-]+\Z")
 
 
-def _host_name(host: str) -> str:
-    """A Host header without its port: ``[::1]:8080`` -> ``[::1]``, ``a.test:80`` -> ``a.test``."""
-    if host.startswith("["):
-        return host[: host.find("]") + 1]
-    return host.partition(":")[0]
-
-
 def _client_address(address: str) -> str:
     return address[7:] if address.startswith("::ffff:") and "." in address else address
 
@@ -524,7 +518,7 @@ class Connection(asyncio.Protocol):
         "server", "transport", "obs", "remote", "local", "buffer", "requests", "timer", "deadline",
         "sock",
         "started", "busy", "closing", "head", "body_left", "body", "blank_lines",
-        "half_closed", "obs_now", "received", "write_paused", "unsent", "cgi_task",
+        "half_closed", "obs_now", "received", "write_paused", "unsent",
     )
 
     def __init__(self, server: Server) -> None:
@@ -545,7 +539,6 @@ class Connection(asyncio.Protocol):
         self.received = 0  # bytes of the current request so far, head and body (%I)
         self.write_paused = False  # the client does not read our answers as fast as it asks
         self.unsent = -1  # bytes of answers not sent when the send timer was set (-1: none set)
-        self.cgi_task: asyncio.Task | None = None  # the CGI script answering, if any
 
     # -- accept ----------------------------------------------------------------
     def accepted(self, sock: _socket.socket, address: tuple, local: tuple[str, int] | None) -> None:
@@ -653,8 +646,7 @@ class Connection(asyncio.Protocol):
             line = plain[0].request_line
         else:
             head = None
-            end = data.find(b"\n")
-            line = (data if end < 0 else data[:end]).rstrip(b"\r")[: limits.line_bytes]
+            line = request_line_of(data, limits.line_bytes)
         body = b"503 Service Unavailable: too many connections\n"
         answer = response_head(503, "text/plain", len(body), False) + body
         self._write_last(answer)
@@ -671,9 +663,7 @@ class Connection(asyncio.Protocol):
         self.transport.reset()
         line = b"-"
         if data:
-            data = data.lstrip(b"\r\n")
-            end = data.find(b"\n")
-            line = (data if end < 0 else data[:end]).rstrip(b"\r")[: self.server.config.limits.line_bytes] or b"-"
+            line = request_line_of(data, self.server.config.limits.line_bytes) or b"-"
             self.received = len(data)
         self._log(line, None, DROPPED, 0, self.obs)
 
@@ -781,13 +771,14 @@ class Connection(asyncio.Protocol):
         lines (a bare newline) count as a request that started, too."""
         if self.closing or self.busy:
             return
+        if self.write_paused and self.head is None:
+            self._log_waiting_requests(status)
         if self.head is not None:
             head, self.head = self.head, None
             line, head_or_none = head.request_line, head
         elif self.buffer or self.blank_lines:
             text = bytes(self.buffer)
-            end = text.find(b"\n")
-            line = (text if end < 0 else text[:end]).rstrip(b"\r")[: self.server.config.limits.line_bytes]
+            line = request_line_of(text, self.server.config.limits.line_bytes)
             head_or_none = None
             self.received = len(text)
             self.buffer.clear()
@@ -797,12 +788,40 @@ class Connection(asyncio.Protocol):
         self.closing = True
         body = f"{status} {REASONS[status]}\n".encode()
         sent = out = 0
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and not self.write_paused:  # paused: it reads nothing
             answer = response_head(status, "text/plain", len(body), False) + body
             self._write_last(answer)
             sent, out = len(body), len(answer)
         self._log(line, head_or_none, status, sent, out=out)
         self.transport.close()
+
+    def _log_waiting_requests(self, status: int) -> None:
+        """Whole requests pipelined behind answers the client did not read (reading was
+        paused) each get their own line, unanswered, with ``status``; what is left (a
+        partial or malformed request) is for the caller to log."""
+        limits = self.server.config.limits
+        room = (limits.line_bytes + 2) * (limits.max_headers + 2)
+        while self.buffer:
+            if self.buffer[0] in _LINE_ENDS and (blank := skip_blank_lines(self.buffer)):
+                del self.buffer[:blank]
+                continue
+            window = bytes(self.buffer[:room])
+            try:
+                plain = read_plain_head(window, limits)
+                if plain is not None:
+                    head, end = plain
+                else:
+                    end = scan(window, limits)
+                    if end is None:
+                        return
+                    head = parse_head(window[:end], limits)
+            except BadRequest:
+                return
+            if head.content_length > len(self.buffer) - end:
+                return  # its body did not all arrive
+            del self.buffer[: end + head.content_length]
+            self.received = end + head.content_length
+            self._log(head.request_line, head, status, 0)
 
     def _process(self) -> None:
         config = self.server.config
@@ -881,7 +900,7 @@ class Connection(asyncio.Protocol):
             if self.timer is not None:
                 self.timer.cancel()  # the script has --cgi-timeout, not the request timeout
                 self.timer = None
-            self.cgi_task = asyncio.get_running_loop().create_task(self._run_cgi(head, obs))
+            server.run_script(self._run_cgi(head, obs))
             return
         keep_alive = head.keep_alive and not head.chunked and not server.stopping
         if server.body is not None:
@@ -986,7 +1005,6 @@ class Connection(asyncio.Protocol):
             print(f"tcpfp: CGI {head.path!r}: {error}", file=sys.stderr)
             status, headers, body = 500, [], b"CGI script failed\n"
         self.busy = False
-        self.cgi_task = None
         if (type(self.transport) is not AcceptTransport and not self.closing and not self.write_paused
                 and not self.transport.is_closing()):
             self.transport.resume_reading()  # paused (data_received) while the script ran
@@ -1010,7 +1028,7 @@ class Connection(asyncio.Protocol):
             "GATEWAY_INTERFACE": "CGI/1.1",
             "SERVER_SOFTWARE": SERVER_NAME,
             "SERVER_PROTOCOL": head.version.decode("ascii"),
-            "SERVER_NAME": _host_name(head.headers.get("host", b"").decode("latin-1")) or self.local[0],
+            "SERVER_NAME": host_without_port(head.headers.get("host", b"")).decode("latin-1") or self.local[0],
             "SERVER_ADDR": self.local[0],
             "SERVER_PORT": str(self.local[1]),
             "REMOTE_ADDR": self.remote[0],
@@ -1063,6 +1081,7 @@ class Server:
     def __init__(self, config: ServerConfig, sockets: list[socket.socket]) -> None:
         self.config = config
         self.connections: set[Connection] = set()
+        self.scripts: set[asyncio.Task] = set()  # CGI requests being answered (``run_script``)
         self.refused = 0
         self.stopping = False
         self.sockets = sockets
@@ -1118,8 +1137,20 @@ class Server:
 
         loop.call_later(ACCEPT_RETRY_DELAY, resume)
 
+    def run_script(self, answer: Coroutine) -> None:
+        """Run a CGI request's coroutine as a task the server waits for when it stops,
+        even if its client has gone (its line is still to be written)."""
+        task = asyncio.get_running_loop().create_task(answer)
+        self.scripts.add(task)
+
+        def done(task: asyncio.Task) -> None:
+            self.scripts.discard(task)
+            self.idle_check()
+
+        task.add_done_callback(done)
+
     def idle_check(self) -> None:
-        if self.stopping and self._stopped is not None and not self.connections:
+        if self.stopping and self._stopped is not None and not self.connections and not self.scripts:
             self._stopped.set()
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:
@@ -1150,7 +1181,7 @@ class Server:
             try:
                 await asyncio.wait_for(self._stopped.wait(), self.config.shutdown_timeout)
             except asyncio.TimeoutError:
-                scripts = [c.cgi_task for c in self.connections if c.cgi_task is not None]
+                scripts = list(self.scripts)
                 for task in scripts:
                     task.cancel()  # kills the script; its request is answered 503 and logged
                 if scripts:
@@ -1225,11 +1256,11 @@ def _supervise(config: ServerConfig, per_worker: list[list[socket.socket]], runn
         # Signals wait until the child is in ``children`` (so ``forward`` reaches it) and,
         # in the child, until its event loop handles them (``Server.run`` unblocks them):
         # without this, a SIGTERM then ran the parent's ``forward`` in the child, which went on.
-        if stopping:
-            return
-        signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)  # before the check: none slips between
         pid = -1
         try:
+            if stopping:
+                return
             pid = os.fork()
             if pid > 0:
                 children[pid] = index

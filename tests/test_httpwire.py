@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tcpfp_cli import httpwire
-from tcpfp_cli.httpwire import BadRequest, parse_head
+from tcpfp_cli.httpwire import BadRequest, host_without_port, parse_head, request_line_of
 
 NEVER = re.compile(rb"(?!)")  # matches nothing: every line takes the full checks
 
@@ -159,3 +159,28 @@ def test_reading_a_plain_head_in_one_step_agrees_with_scan_and_parse(request_lin
             plain = (error.status, error.reason, error.request_line)
         if plain is not None:
             assert plain == _scanned(candidate, limits)
+
+
+@pytest.mark.parametrize("host, name", [
+    (b"sensor.example:8080", b"sensor.example"),
+    (b"sensor.example", b"sensor.example"),
+    (b"[2001:db8::1]:80", b"[2001:db8::1]"),
+    (b"[2001:db8::1]", b"[2001:db8::1]"),
+    (b"2001:db8::1", b"2001:db8::1"),  # a bare IPv6 address (not a valid Host): as it is
+    (b"[2001:db8::1", b"[2001:db8::1"),  # an unclosed bracket: as it is
+    (b"198.51.100.7:443", b"198.51.100.7"),
+])
+def test_host_without_port(host, name):
+    assert host_without_port(host) == name
+
+
+@pytest.mark.parametrize("data, limit, line", [
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 100, b"GET / HTTP/1.1"),
+    (b"\r\n\r\nGET /late HTTP/1.0\r\n", 100, b"GET /late HTTP/1.0"),  # empty lines first
+    (b"GET /no-end", 100, b"GET /no-end"),
+    (b"\x16\x03\x01\x02\x00\x01", 100, b"\x16\x03\x01\x02\x00\x01"),
+    (b"A" * 20 + b"\n", 8, b"A" * 8),  # cut at the limit
+    (b"\r\n", 100, b""),
+])
+def test_request_line_of_what_a_client_sent(data, limit, line):
+    assert request_line_of(data, limit) == line

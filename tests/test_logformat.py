@@ -624,13 +624,27 @@ def test_fields_of_one_object_follow_each_change_of_that_object() -> None:
     ("%{%d/%b/%Y:%T %z}t", "25/Nov/2026:18:52:03 +0000"),
     ("%{msec}t", "1795632723886"),
     ("%{begin:usec_frac}t", "004213"),
-    ("%{%s %Q}t", "1795632723 anything"),  # an unknown conversion: text without spaces
+    ("%{%s %Q}t", "1795632723 anything"),  # an unknown conversion
 ])
 def test_strftime_times_parse_back_whatever_their_spaces(fmt, value):
     compiled = compile_format(f'"%r" {fmt} %>s')
     (column,) = [d.column for d in compiled.directives if d.letter == "t"]
     parsed = compiled.parse(f'"GET / HTTP/1.1" {value} 200')
     assert parsed[column] == value and parsed["status"] == "200"
+
+
+@pytest.mark.parametrize("form", ["%c", "%-d", "%Ez", "%k", "%l", "%r", "%A %B", "%q"])
+@pytest.mark.parametrize("status", [200, 404])
+def test_what_a_strftime_time_writes_parses_back(form, status):
+    """Written by the writer, read by the parser: padded, flagged, spaced and unknown
+    conversions, and '-' from a status condition (%404{..}t on a 200)."""
+    for fmt in (f"%{{{form}}}t", f"%404{{{form}}}t", "%404{sec}t"):
+        compiled = compile_format(f'"%r" {fmt} %>s')
+        record = AccessRecord("192.0.2.1", 5555, "192.0.2.2", 80, time.mktime((2026, 11, 5, 7, 2, 3, 0, 0, -1)),
+                              b"GET / HTTP/1.1", b"GET", b"/", b"", b"HTTP/1.1", status, 2, 1234, 0, {}, {}, {},
+                              Observation())
+        line = compiled.write(record)
+        assert compiled.parse(line)["status"] == str(status), (fmt, line)
 
 
 def test_apache_directives_without_a_record_of_their_own_are_refused_by_name():

@@ -66,13 +66,14 @@ def test_numbers_beyond_int64_are_malformed_lines_on_both_paths(tmp_path):
     lines[3] = line(ttl="99999999999999999999")  # the fast path (pandas) sees it
     lines[6] = line(ttl="9223372036854775808").replace(" - - [", "  - - [")  # a double space: LogFormat.parse
     lines[8] = line(ttl="9223372036854775807")  # the largest Int64: read exactly
+    lines[9] = line(ttl="9" * 5000).replace(" - - [", "  - - [")  # more digits than int() takes
     log = tmp_path / "big-numbers.log"
     log.write_text("\n".join(lines) + "\n")
     code, out, err = invoke("--json", "--format", "tcpfp", "--by", "IP_TTL", str(log))
     assert code == 0 and "Traceback" not in err and "Warning" not in err, err
     report = json.loads(out)
-    assert (report["summary"]["parsed"], report["summary"]["malformed"]) == (8, 2)
-    assert [m["line"] for m in report["malformed_lines"]] == [4, 7]
+    assert (report["summary"]["parsed"], report["summary"]["malformed"]) == (7, 3)
+    assert [m["line"] for m in report["malformed_lines"]] == [4, 7, 10]
     assert sorted(f["FINGERPRINT_IP_TTL"] for f in report["fingerprints"]) == [61, 9223372036854775807]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import sys
 import time
 from collections import Counter
@@ -566,6 +567,32 @@ def test_a_script_still_running_when_the_server_stops_is_killed_and_its_request_
     assert not alive
     assert answer.startswith(b"HTTP/1.1 503 ")
     assert [(r["request"], r["status"]) for r in records] == [("GET /cgi-bin/long.sh HTTP/1.0", "503")]
+
+
+def test_a_script_whose_client_reset_still_gets_its_line_when_the_server_stops(tmp_path, cgi_dir):
+    """The client resets while its script runs, then SIGTERM: the server waited for no one
+    (the connection was gone), closed the log, and the script's line was lost."""
+    pids = tmp_path / "pid"
+    write_script(cgi_dir, "slow.sh", f"#!/bin/sh\necho $$ > {pids}\nsleep 1\n"
+                                     "printf 'Content-Type: text/plain\\n\\nlate\\n'\n")
+    server = serve_cgi(tmp_path, cgi_dir, "--cgi-timeout", "30")
+    try:
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        s.sendall(b"GET /cgi-bin/slow.sh HTTP/1.0\r\n\r\n")
+        deadline = time.monotonic() + 5
+        while not pids.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # RST
+        time.sleep(0.2)
+        assert server.stop() == 0
+        records = server.records()
+        stderr = server.stderr_path.read_text()
+    finally:
+        server.stop()
+        kill_leftovers(pids, b"sleep")
+    assert "Traceback" not in stderr and "closed file" not in stderr, stderr
+    assert [r["request"] for r in records] == ["GET /cgi-bin/slow.sh HTTP/1.0"]
 
 
 def test_bytes_sent_behind_a_running_script_are_not_held_in_memory(tmp_path, cgi_dir):
