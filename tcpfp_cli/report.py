@@ -105,7 +105,7 @@ class ReportError(TcpfpError):
 # --------------------------------------------------------------------------- heuristics
 
 LINUX_LAYOUTS = frozenset({"2,4,8,1,3", "2,4,1,1,1,3", "2,1,1,4,1,3", "2,1,1,8,1,3", "2,4,8"})
-WINDOWS_LAYOUTS = frozenset({"2,1,3,1,1,4", "2,1,3,1,1,8,4", "2,1,1,4"})
+WINDOWS_LAYOUTS = frozenset({"2,1,3,1,1,4", "2,1,3,1,1,8,4", "2,1,3,4,8", "2,1,1,4"})
 SMALL_WINDOW = 8192
 SMALL_SCALE = 5
 
@@ -178,6 +178,8 @@ def window_mss(window: int | None, mss: int | None) -> str:
     if mss and window % mss == 0:
         return f"{window // mss}xMSS"
     for common in COMMON_MSS:
+        if mss and common <= mss:  # a clamp only lowers the MSS: the sender's was larger
+            continue
         if window % common == 0:
             return f"{window // common}x{common}"
     return "none"
@@ -646,7 +648,7 @@ class Report:
                f"{s['skipped']:,} blank) in format {s['format_name'] or s['format']!r}: "
                f"{len(self.fingerprints)} fingerprint clusters, {len(self.campaigns)} campaigns"]
         if self.malformed:
-            out.append("malformed: " + "; ".join(f"{m.source}:{m.line}: {m.reason}" for m in self.malformed[:5]))
+            out.append("malformed: " + "; ".join(f"{m.source}:{m.line}: {m.reason}" for m in self.malformed[:10]))
         fp = self.fingerprints.head(top) if top else self.fingerprints
         if len(fp):
             shown = fp.drop(columns=["top_patterns", "label_source", "label_match", "os"]).copy()

@@ -317,11 +317,15 @@ class AccessLog:
             print(f"tcpfp: {error} (keeping the old log file)", file=sys.stderr)
             return
         old, self.stream = self.stream, new
-        old.close()
-        if self.held_mid_line:  # the start of that line is in the old file: its end is no line here
-            self.held = self.held[self.held.find(b"\n") + 1 :]
+        if self.held_mid_line:  # the start of that line is in the old file: end it there
+            end = self.held.find(b"\n") + 1
+            try:
+                os.write(old.fileno(), self.held[:end])  # one try: it failed a moment ago
+            except OSError:
+                self.lost += 1  # the old file keeps a cut line; the new one starts clean
+            self.held = self.held[end:]
             self.held_mid_line = False
-            self.lost += 1
+        old.close()
 
     def close(self) -> None:
         self.flush()

@@ -97,6 +97,8 @@ def test_min_count_top_and_by():
     (5808, 1452, "4xMSS"), (28800, 1406, "20x1440"), (29040, 1400, "20x1452"), (64240, 1460, "44xMSS"),
     (65535, 1460, "none"), (0, 1460, "none"), (None, None, "none"), (14000, None, "10x1400"),
     (27600, 1380, "20xMSS"), (27200, 1300, "20x1360"),
+    # a clamp only lowers the MSS: a common MSS at or below the SYN's own is no explanation
+    (28000, 1460, "none"), (28800, 1460, "none"), (14400, 1452, "none"),
 ])
 def test_window_mss(window, mss, expected):
     assert window_mss(window, mss) == expected
@@ -108,6 +110,7 @@ def test_window_mss(window, mss, expected):
     ({"FINGERPRINT_ITTL": 64, "FINGERPRINT_TCP_OPTIONS": "2,4,8,1,3", S: 5, W: 29040}, "embedded/low-memory Linux"),
     ({"FINGERPRINT_ITTL": 64, "FINGERPRINT_TCP_OPTIONS": "2,4,8,1,3", S: 7, W: 5840}, "embedded/low-memory Linux"),
     ({"FINGERPRINT_ITTL": 128, "FINGERPRINT_TCP_OPTIONS": "2,1,3,1,1,4", S: 8, W: 64240}, "Windows-like"),
+    ({"FINGERPRINT_ITTL": 128, "FINGERPRINT_TCP_OPTIONS": "2,1,3,4,8", S: 8, W: 8192}, "Windows-like"),
     ({"FINGERPRINT_ITTL": 64, "FINGERPRINT_TCP_OPTIONS": "2,1,3,1,1,8,4,0,0", S: 6, W: 65535}, "Apple-like"),
     ({"FINGERPRINT_ITTL": 64, "FINGERPRINT_TCP_OPTIONS": "2,1,3,1,1,8,4,0", S: 6, W: 65535}, "Apple-like"),
     ({"FINGERPRINT_ITTL": 128, "FINGERPRINT_TCP_OPTIONS": "2,4,8,1,3", S: 7, W: 64240}, "-"),
@@ -275,3 +278,11 @@ def test_gzip_and_line_numbers_across_blocks(tmp_path):
     assert reader.stats.examples[0].line == 1501
     assert df["FINGERPRINT_TCP_RTT"].tolist() == [n for n in range(2000) if n not in (10, 1500)]
     assert df["line"].tolist() == [n + 1 for n in range(2000) if n not in (10, 1500)]
+
+
+def test_tables_show_the_first_ten_malformed_lines(tmp_path):
+    log = tmp_path / "a.log"
+    log.write_text(SEED.read_text() + "".join(f"garbage {n}\n" for n in range(12)))
+    report = build_report([str(log)], SEED_FORMAT, ReportOptions())
+    line = next(x for x in report.tables().splitlines() if x.startswith("malformed: "))
+    assert line.count("garbage") == 0 and line.count(str(log)) == 10
