@@ -120,7 +120,7 @@ def test_workers_stop_on_a_sigterm_sent_while_they_start(tmp_path, trial):
         time.sleep(0.0005)
     process.send_signal(signal.SIGTERM)
     try:
-        assert process.wait(10) == 0
+        assert process.wait(30) == 0  # bounded; generous for a loaded CI machine
     except subprocess.TimeoutExpired:
         _stop_tree(process.pid)
         process.wait(5)
@@ -137,7 +137,7 @@ def test_workers_stop_on_a_sigterm_sent_while_a_dead_worker_is_replaced(tmp_path
         time.sleep(0.3)  # the parent waits 1 s before it starts a new worker
         server.process.send_signal(signal.SIGTERM)
         try:
-            assert server.process.wait(10) == 0
+            assert server.process.wait(30) == 0
         except subprocess.TimeoutExpired:
             _stop_tree(server.process.pid)
             pytest.fail("the server started a worker after SIGTERM, and did not stop")
