@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -48,15 +49,25 @@ def _labeler(signatures: list[str] | None, p0f_db: str | None, no_p0f_db: bool):
     return Labeler.from_options(signatures or (), p0f_db, not no_p0f_db)
 
 
-def _inputs(values: list[str]) -> list[tuple[str, str]]:
-    """(label, text) for every input: the arguments, or stdin lines for none or ``-``."""
+def _inputs(values: list[str]) -> Iterator[tuple[str, str]]:
+    """(label, text) for every input: the arguments, or stdin lines for none or ``-``.
+
+    Stdin is read line by line as bytes (so a result prints as soon as its line
+    arrives), and a line that is not UTF-8 becomes text that ``parse_hex`` names as
+    bad, instead of a UnicodeDecodeError that would end the run.
+    """
     if not values or values == ["-"]:
-        return [
-            (f"line {number}", line)
-            for number, line in enumerate(sys.stdin, 1)
+        if sys.stdin is None:
+            raise TcpfpError("stdin is closed")
+        lines = getattr(sys.stdin, "buffer", None)
+        if lines is None:
+            lines = (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
+        return (
+            (f"line {number}", line.decode("utf-8", "surrogateescape"))
+            for number, line in enumerate(lines, 1)
             if line.strip()
-        ]
-    return [(f"argument {number}", value) for number, value in enumerate(values, 1)]
+        )
+    return ((f"argument {number}", value) for number, value in enumerate(values, 1))
 
 
 @app.command()
@@ -86,18 +97,26 @@ def decode(
     try:
         names = decoding.tcp_info_names(fields) if tcp_info else None
         chosen = [lookup(n) for n in fields.split(",") if n.strip()] if fields and not tcp_info else SYN_FIELDS
+        if fields is not None and not (names if tcp_info else chosen):
+            raise TcpfpError(f"--fields {fields!r} names no field")
         labeler = None if tcp_info else _labeler(signatures, p0f_db, no_p0f_db)
+        inputs = _inputs(hex_values or [])
     except TcpfpError as error:
         raise fail(str(error)) from None
     if fields and not tcp_info and not json_lines:
         chosen = Renderer(chosen)  # a line of texts; JSON takes the field list itself
     failed = 0
-    for outcome in decoding.decode_all(_inputs(hex_values or []), tcp_info=tcp_info, labeler=labeler):
-        if outcome.error is not None:
-            failed += 1
-            typer.echo(decoding.error_line(outcome), err=True)
-            continue
-        typer.echo(_render(outcome, chosen, names, json_lines, bool(fields)))
+    try:
+        for outcome in decoding.decode_all(inputs, tcp_info=tcp_info, labeler=labeler):
+            if outcome.error is not None:
+                failed += 1
+                typer.echo(decoding.error_line(outcome), err=True)
+                continue
+            typer.echo(_render(outcome, chosen, names, json_lines, bool(fields)))
+    except BrokenPipeError:
+        raise  # the reader went away: click exits quietly
+    except OSError as error:  # stdout on a full disk, stdin unreadable, ...
+        raise fail(f"decode stopped: {error.strerror or error}") from None
     if failed:
         raise typer.Exit(EXIT_BAD_INPUT)
 

@@ -24,9 +24,13 @@ def parse_hex(text: str) -> bytes:
     compact = compact.translate(_SEPARATORS)
     if not compact:
         raise BadHex("empty input")
-    for position, char in enumerate(compact):
+    for char in compact:
         if char not in _HEX_DIGITS:
-            raise BadHex(f"unexpected character {char!r}", position)
+            # The position in the text as the user sees it (stripped, prefix and
+            # separators included), not in the compacted digits.
+            stripped = text.strip()
+            start = 2 if stripped[:2] in ("0x", "0X") else 0
+            raise BadHex(f"unexpected character {char!r}", stripped.index(char, start))
     if len(compact) % 2:
         raise BadHex(f"odd number of hex digits ({len(compact)})")
     return binascii.unhexlify(compact)

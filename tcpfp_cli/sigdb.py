@@ -234,9 +234,9 @@ _OPTION_BY_NAME = {name: kind for kind, name in P0F_OPTION_NAMES.items()}
 _QUIRK_BY_NAME = sig.Q
 _IPV4_ONLY = sig.DF | sig.ID_NZ | sig.ID_ZERO | sig.MBZ
 _IPV6_ONLY = sig.FLOW
-_TTL = re.compile(r"(\d+)(?:\+(\d+)|(-))?")
-_NUMBER = re.compile(r"\d+")
-_WINDOW = re.compile(r"(\*)|%(\d+)|(mss|mtu)\*(\d+)|(\d+)")
+_TTL = re.compile(r"([0-9]+)(?:\+([0-9]+)|(-))?")
+_NUMBER = re.compile(r"[0-9]+")  # ASCII only: int() also takes other scripts' digits
+_WINDOW = re.compile(r"(\*)|%([0-9]+)|(mss|mtu)\*([0-9]+)|([0-9]+)")
 _PCLASS = {"0": False, "+": True, "*": None}
 _VERSION = {"4": 4, "6": 6, "*": None}
 
@@ -244,6 +244,9 @@ _VERSION = {"4": 4, "6": 6, "*": None}
 def _number(text: str, what: str, low: int, high: int) -> int:
     if not _NUMBER.fullmatch(text):
         raise _Bad(f"{what} {text!r} is not a number")
+    digits = text.lstrip("0")
+    if len(digits) > len(str(high)):  # int() refuses more than 4300 digits with a ValueError
+        raise _Bad(f"{what} {digits[:20]}... is outside {low}..{high}")
     value = int(text)
     if not low <= value <= high:
         raise _Bad(f"{what} {value} is outside {low}..{high}")

@@ -168,3 +168,68 @@ def test_python_dash_m_runs_the_same_cli():
         capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0 and done.stdout == "64\n"
+
+
+# --- found by a review of decode's error paths ----------------------------------
+
+def _run_module(*args: str, **kwargs):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}  # strict decoding, as under en_US.UTF-8
+    return subprocess.run([sys.executable, "-m", "tcpfp_cli", "decode", *args],
+                          capture_output=kwargs.pop("capture_output", True), env=env, timeout=60, **kwargs)
+
+
+def test_stdin_line_that_is_not_utf8_is_one_bad_line_not_a_traceback():
+    done = _run_module("--fields", "IP_TTL", input=f"{LINUX}\n\xff\xfe\n{LINUX}\n".encode("latin-1"))
+    assert done.returncode == 2, done.stderr
+    assert done.stdout.decode().splitlines() == ["64", "64"]
+    errors = done.stderr.decode().splitlines()
+    assert len(errors) == 1 and "line 2" in errors[0] and "not hex" in errors[0]
+
+
+def test_closed_stdin_is_one_line():
+    import os
+    import subprocess
+
+    done = _run_module("--fields", "IP_TTL", stdin=subprocess.DEVNULL, preexec_fn=lambda: os.close(0))
+    assert done.returncode == 2
+    assert done.stderr.decode().splitlines() == ["tcpfp: stdin is closed"]
+
+
+def test_unwritable_stdout_is_one_line():
+    import os
+    import subprocess
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    with open("/dev/full", "w") as full:
+        done = _run_module("--fields", "IP_TTL", LINUX, capture_output=False, stdout=full, stderr=subprocess.PIPE)
+    assert done.returncode == 2
+    assert done.stderr.decode().splitlines() == ["tcpfp: decode stopped: No space left on device"]
+
+
+@pytest.mark.parametrize("args", [("--fields", ","), ("--fields", " , "), ("--tcp-info", "--fields", ",")])
+def test_fields_naming_no_field_is_a_usage_error(args):
+    result = invoke(*args, LINUX)
+    assert result.exit_code == 2
+    assert "names no field" in result.stderr and result.stdout == ""
+
+
+def test_bad_hex_position_counts_the_text_as_given():
+    result = invoke("0x 45 00 zz")
+    assert result.exit_code == 2
+    assert "unexpected character 'z' at character 9" in result.stderr
+
+
+def test_signature_number_too_long_for_int_is_one_line(tmp_path):
+    db = tmp_path / "big.fp"
+    db.write_text("classes = unix\n[tcp:request]\nlabel = s:unix:X:Y\n"
+                  f"sig = *:{'9' * 5000}:0:*:*,*:mss:df:0\n")
+    result = invoke("--signatures", str(db), LINUX)
+    assert result.exit_code == 2
+    errors = result.stderr.splitlines()
+    assert len(errors) == 1 and "line 4" in errors[0] and "outside 1..255" in errors[0]
+    assert result.exception is None or isinstance(result.exception, SystemExit)
