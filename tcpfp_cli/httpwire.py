@@ -218,6 +218,24 @@ def read_plain_head(buffer: bytes, limits: Limits = Limits()) -> tuple[RequestHe
     return _parse_plain(buffer[:end] if end < len(buffer) else buffer, plain, limits), end
 
 
+def read_head(buffer: bytes | bytearray, limits: Limits = Limits()) -> tuple[RequestHead, int] | None:
+    """The request head at the start of ``buffer`` and its length, or None while it is
+    still incomplete; ``BadRequest`` when it cannot be one.
+
+    The plain head in one step (``read_plain_head``), any other through ``scan`` and
+    ``parse_head``.  Only as much of ``buffer`` as a head may hold is looked at.
+    """
+    room = (limits.line_bytes + 2) * (limits.max_headers + 2)
+    window = bytes(buffer) if len(buffer) <= room else bytes(buffer[:room])
+    plain = read_plain_head(window, limits)
+    if plain is not None:
+        return plain
+    end = scan(window, limits)
+    if end is None:
+        return None
+    return parse_head(window if end == len(window) else window[:end], limits), end
+
+
 def _parse_plain(head: bytes, plain: re.Match[bytes], limits: Limits) -> RequestHead:
     method, target, version, major, minor, section = plain.groups()
     request_line = head[: plain.end(3)]

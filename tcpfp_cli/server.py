@@ -55,8 +55,8 @@ from typing import IO
 from . import kernel
 from .errors import MalformedSyn, TcpfpError
 from .fields import SCALAR_FIELDS, Observation, environment, render
-from .httpwire import (BadRequest, Limits, RequestHead, host_without_port, parse_head, read_plain_head,
-                       request_line_of, scan, skip_blank_lines)
+from .httpwire import (BadRequest, Limits, RequestHead, host_without_port, read_head, request_line_of,
+                       skip_blank_lines)
 from .logformat import AccessRecord, LogFormat
 from .oslabel import Labeler
 from .rules import RuleSet
@@ -596,7 +596,6 @@ class Connection(asyncio.Protocol):
                 self._drop(data)
                 return
         if len(server.connections) >= config.max_connections:
-            server.refused += 1
             if data:
                 self._refuse(data)
             else:
@@ -642,15 +641,11 @@ class Connection(asyncio.Protocol):
         limits = self.server.config.limits
         data = data.lstrip(b"\r\n")  # empty lines before a request are no part of it
         try:
-            plain = read_plain_head(data, limits)
+            found = read_head(data, limits)
         except BadRequest:
-            plain = None
-        if plain is not None:
-            head: RequestHead | None = plain[0]
-            line = plain[0].request_line
-        else:
-            head = None
-            line = request_line_of(data, limits.line_bytes)
+            found = None
+        head: RequestHead | None = found[0] if found is not None else None
+        line = head.request_line if head is not None else request_line_of(data, limits.line_bytes)
         body = b"503 Service Unavailable: too many connections\n"
         answer = response_head(503, "text/plain", len(body), False) + body
         self._write_last(answer)
@@ -804,23 +799,17 @@ class Connection(asyncio.Protocol):
         paused) each get their own line, unanswered, with ``status``; what is left (a
         partial or malformed request) is for the caller to log."""
         limits = self.server.config.limits
-        room = (limits.line_bytes + 2) * (limits.max_headers + 2)
         while self.buffer:
             if self.buffer[0] in _LINE_ENDS and (blank := skip_blank_lines(self.buffer)):
                 del self.buffer[:blank]
                 continue
-            window = bytes(self.buffer[:room])
             try:
-                plain = read_plain_head(window, limits)
-                if plain is not None:
-                    head, end = plain
-                else:
-                    end = scan(window, limits)
-                    if end is None:
-                        return
-                    head = parse_head(window[:end], limits)
+                found = read_head(self.buffer, limits)
             except BadRequest:
                 return
+            if found is None:
+                return
+            head, end = found
             if head.content_length > len(self.buffer) - end:
                 return  # its body did not all arrive
             del self.buffer[: end + head.content_length]
@@ -853,22 +842,15 @@ class Connection(asyncio.Protocol):
             if self.buffer == b"\r":  # an empty line's CR, its LF in the next segment
                 return
             try:
-                buffer = self.buffer
-                room = (config.limits.line_bytes + 2) * (config.limits.max_headers + 2)
-                window = bytes(buffer) if len(buffer) <= room else bytes(buffer[:room])
-                plain = read_plain_head(window, config.limits)
-                if plain is not None:  # the usual request: found and read in one step
-                    head, end = plain
-                else:
-                    end = scan(window, config.limits)
-                    if end is None:
-                        return
-                    head = parse_head(window if end == len(window) else window[:end], config.limits)
+                found = read_head(self.buffer, config.limits)
             except BadRequest as error:
                 self.received = len(self.buffer)
                 self.buffer.clear()
                 self._reject(error)
                 return
+            if found is None:
+                return  # the rest of the head is still to come
+            head, end = found
             del self.buffer[:end]
             self.received = end
             self.blank_lines = False
@@ -1086,7 +1068,6 @@ class Server:
         self.config = config
         self.connections: set[Connection] = set()
         self.scripts: set[asyncio.Task] = set()  # CGI requests being answered (``run_script``)
-        self.refused = 0
         self.stopping = False
         self.sockets = sockets
         self.cgi_dir = config.cgi_dir

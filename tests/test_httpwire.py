@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tcpfp_cli import httpwire
-from tcpfp_cli.httpwire import BadRequest, host_without_port, parse_head, request_line_of
+from tcpfp_cli.httpwire import BadRequest, host_without_port, parse_head, read_head, request_line_of
 
 NEVER = re.compile(rb"(?!)")  # matches nothing: every line takes the full checks
 
@@ -184,3 +184,22 @@ def test_host_without_port(host, name):
 ])
 def test_request_line_of_what_a_client_sent(data, limit, line):
     assert request_line_of(data, limit) == line
+
+
+@pytest.mark.parametrize("buffer, request_line, end", [
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /next", b"GET / HTTP/1.1", 27),  # plain: one step
+    (b"GET /f HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n", b"GET /f HTTP/1.1", 38),  # folded: scan + parse
+    (b"GET / HTTP/1.1\r\nHost: x\r\n", None, None),  # incomplete
+])
+def test_read_head_finds_whole_heads_of_either_kind(buffer, request_line, end):
+    found = read_head(buffer)
+    if request_line is None:
+        assert found is None
+    else:
+        assert (found[0].request_line, found[1]) == (request_line, end)
+        assert found[0] == parse_head(buffer[:end])
+
+
+def test_read_head_refuses_what_cannot_be_a_head():
+    with pytest.raises(BadRequest):
+        read_head(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n")
