@@ -301,7 +301,9 @@ _EPOCH_TIMES = {
 
 
 def _strftime_pattern(fmt: str) -> str:
-    """The regular expression of what ``time.strftime(fmt)`` writes (unknown conversions: no spaces)."""
+    """The regular expression of what ``time.strftime(fmt)`` writes.  A conversion with
+    flags or modifiers (``%-d``, ``%Ez``), or one the table does not know, matches any
+    text, spaces included, up to what follows it."""
     out, i = [], 0
     while i < len(fmt):
         if fmt[i] == "%" and i + 1 < len(fmt):
@@ -515,23 +517,21 @@ class _Compiler:
                 break
         letter = fmt[i]
         text = fmt[start : i + 1]
-        if letter == "t" and arg is not None:
-            column, kind, writer, pattern = _time_directive(arg)
-            if statuses:
-                pattern = f"(?:{pattern})|-"  # other statuses write '-'
-            spec = _Writer(_conditional(writer, frozenset(statuses), negate), None, None) if statuses else \
-                _Writer(writer, None, None)
-            self.items.append(Directive(text, letter, arg, column, kind, False, False, pattern, start))
-            self.writers.append(spec)
-            return i + 1
-        column, kind, escaped, writer = self.resolve(letter, arg, text, start)
+        strftime_pattern = None
+        if letter == "t" and arg is not None:  # %{FORMAT}t: its own column, writer and pattern
+            column, kind, writer, strftime_pattern = _time_directive(arg)
+            escaped = False
+        else:
+            column, kind, escaped, writer = self.resolve(letter, arg, text, start)
         if letter in "lu":
             spec = _Writer(writer, None, "-")  # Apache's "-" whatever the status
         elif statuses:
             spec = _Writer(_conditional(writer, frozenset(statuses), negate), None, None)
         else:
             spec = _Writer(writer, BY_NAME[column] if letter == "g" else None, None)
-        if letter == "q":
+        if strftime_pattern is not None:
+            pattern = f"(?:{strftime_pattern})|-" if statuses else strftime_pattern  # '-': other statuses
+        elif letter == "q":
             pattern = _QUERY
         elif letter == "U":
             pattern = _TEXT + "?"  # lazy, so that %U%q splits at the first '?'
