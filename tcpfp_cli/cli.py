@@ -79,7 +79,7 @@ def decode(
         "--json", help="One JSON object per input, keyed by field name.")] = False,
     fields: Annotated[Optional[str], typer.Option(
         "--fields", metavar="A,B,...",
-        help="Print only these fields, space-separated, one line per good input (with --json: "
+        help="Print only these fields, tab-separated, one line per good input (with --json: "
              "only these keys). With --tcp-info: TCP_INFO names such as rtt,snd_cwnd.")] = None,
     tcp_info: Annotated[bool, typer.Option(
         "--tcp-info", help="The inputs are FINGERPRINT_TCP_INFO values, not SYNs.")] = False,

@@ -68,7 +68,8 @@ def syn_json(obs: Observation, fields: Sequence[Field] = SYN_FIELDS) -> str:
 
 
 def syn_fields_line(obs: Observation, renderer: Renderer) -> str:
-    return " ".join(renderer.texts(obs))
+    """The chosen fields' texts, tab-separated: an OS label holds spaces (``win:Windows:10 or 11``)."""
+    return "\t".join(renderer.texts(obs))
 
 
 def tcp_info_names(selection: str | None) -> list[str]:
@@ -94,4 +95,4 @@ def tcp_info_json(info: TcpInfo, names: Sequence[str]) -> str:
 
 
 def tcp_info_fields_line(info: TcpInfo, names: Sequence[str]) -> str:
-    return " ".join(str(info.values.get(n, "-")) for n in names)
+    return "\t".join(str(info.values.get(n, "-")) for n in names)

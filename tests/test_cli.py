@@ -61,7 +61,7 @@ def test_json_lines_are_keyed_by_field_name_and_typed():
 def test_fields_prints_one_line_per_good_input_in_order():
     result = invoke("--fields", "FINGERPRINT_IP_TTL,tcp_mss,TCP_WSCALE", LINUX, IPV6_NO_OPTIONS)
     assert result.exit_code == 0
-    assert result.stdout.splitlines() == ["64 1460 7", "57 - -"]
+    assert result.stdout.splitlines() == ["64\t1460\t7", "57\t-\t-"]
 
 
 def test_json_with_fields_keeps_only_those_fields_in_their_order():
@@ -154,7 +154,7 @@ def test_tcp_info_decodes_the_fields_the_length_holds():
 
 def test_tcp_info_fields_and_bad_name():
     good = invoke("--tcp-info", "--fields", "rtt,tcpi_snd_mss", _tcp_info_hex(232))
-    assert good.exit_code == 0 and good.stdout == "57 32768\n"
+    assert good.exit_code == 0 and good.stdout == "57\t32768\n"
     bad = invoke("--tcp-info", "--fields", "nope", _tcp_info_hex(104))
     assert bad.exit_code == 2 and "unknown TCP_INFO field" in bad.stderr
 

@@ -280,7 +280,7 @@ def run(*args: str):
 def test_decode_with_our_file_only():
     result = run("--no-p0f-db", WINDOWS_HEX, LINUX_HEX)
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines() == [f"{WINDOWS_10} exact", f"{LINUX_NEW} exact"]
+    assert result.stdout.splitlines() == [f"{WINDOWS_10}\texact", f"{LINUX_NEW}\texact"]
 
 
 def test_decode_with_a_p0f_db_path(tmp_path):
@@ -290,7 +290,7 @@ def test_decode_with_a_p0f_db_path(tmp_path):
     odd = build_syn(ttl=60, ip_id=1, window=1234, options=pad4(ws(3) + mss(1000) + NOP)).raw.hex()
     result = run("--p0f-db", str(db), odd, LINUX_HEX)
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines() == ["unix:Mini:os exact", f"{LINUX_NEW} exact"]
+    assert result.stdout.splitlines() == ["unix:Mini:os\texact", f"{LINUX_NEW}\texact"]
 
 
 def test_decode_user_signatures_override_our_label(tmp_path):
@@ -299,14 +299,14 @@ def test_decode_user_signatures_override_our_label(tmp_path):
                     "sig = *:128:0:1460:64240,8:mss,nop,ws,nop,nop,sok:df,id+:0\n")
     result = run("--no-p0f-db", "--signatures", str(mine), WINDOWS_HEX, LINUX_HEX)
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines() == ["win:Windows:lab machine 7 exact", f"{LINUX_NEW} exact"]
+    assert result.stdout.splitlines() == ["win:Windows:lab machine 7\texact", f"{LINUX_NEW}\texact"]
 
 
 def test_decode_without_any_match_prints_dashes():
     odd = build_syn(ttl=60, ip_id=1, window=1234, options=pad4(ws(3) + mss(1000) + NOP)).raw.hex()
     result = run("--no-p0f-db", odd)
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines() == ["- -"]
+    assert result.stdout.splitlines() == ["-\t-"]
 
 
 def test_decode_refuses_a_signature_file_with_an_error(tmp_path):
