@@ -67,7 +67,7 @@ def parse_output(output: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
             raise CgiFailure(500, "malformed header in script output")
         if name.lower() == "status":
             code = value.split(" ", 1)[0]
-            if not (code.isdigit() and 100 <= int(code) <= 599):
+            if not (code.isdigit() and 200 <= int(code) <= 599):  # a 1xx is not a final answer
                 raise CgiFailure(500, "bad Status header in script output")
             status = int(code)
         elif name.lower() == "location" and status == 200:

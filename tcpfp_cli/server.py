@@ -362,6 +362,10 @@ _heads: dict[tuple, tuple[str, bytes]] = {}
 _HEADS_KEPT = 256
 
 
+#: Statuses whose answers never carry a body (RFC 9110 15.3.5, 15.4.5); a CGI script may send them.
+BODILESS = frozenset({204, 304})
+
+
 def response_head(status: int, content_type: str, length: int, keep_alive: bool,
                   extra: list[tuple[str, str]] = ()) -> bytes:
     """The status line and headers, with the empty line.  Without ``extra`` the head only
@@ -396,6 +400,8 @@ def _make_head(status: int, content_type: str, length: int, keep_alive: bool,
         f"Content-Type: {content_type}",
         "Connection: keep-alive" if keep_alive else "Connection: close",
     ]
+    if status in BODILESS:
+        del lines[3]  # RFC 9110 8.6: no Content-Length in a 204; a 304's would describe another body
     lines += [f"{k}: {v}" for k, v in extra]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
@@ -910,7 +916,7 @@ class Connection(asyncio.Protocol):
 
     def _finish(self, head: RequestHead, status: int, body: bytes, ctype: str, keep_alive: bool,
                 obs: Observation, extra: list[tuple[str, str]] = ()) -> None:
-        send_body = head.method != b"HEAD"
+        send_body = head.method != b"HEAD" and status not in BODILESS
         answer = response_head(status, ctype, len(body), keep_alive, extra) + (body if send_body else b"")
         if keep_alive:
             self.transport.write(answer)
@@ -921,6 +927,8 @@ class Connection(asyncio.Protocol):
             sent_headers = {"content-type": ctype, "content-length": str(len(body)),
                             "connection": "keep-alive" if keep_alive else "close",
                             "server": SERVER_NAME} | {k.lower(): v for k, v in extra}
+            if status in BODILESS:
+                del sent_headers["content-length"]
         self._log(head.request_line, head, status, len(body) if send_body else 0, obs, sent_headers,
                   len(answer), keep_alive)
         self.requests += 1

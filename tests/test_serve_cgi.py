@@ -349,6 +349,35 @@ def test_location_without_status_is_a_redirect(site):
     assert status == 302 and headers["location"] == "http://example.test/" and record["status"] == "302"
 
 
+@pytest.mark.parametrize("status", [204, 304])
+def test_a_bodiless_status_goes_out_without_the_scripts_body_and_keeps_the_connection_framed(site, status):
+    # RFC 9110: a 204 or 304 never has a body.  Were the script's text sent, a kept-alive
+    # client would read it as the start of the next answer.
+    write_script(site.cgi, f"s{status}.sh", f"#!/bin/sh\nprintf 'Status: {status}\\nContent-Type: text/plain\\n"
+                 "\\nthis text must not be sent\\n'\n")
+    before = len(site.server.lines())
+    answer = exchange("127.0.0.1", site.server.port,
+                      f"GET /cgi-bin/s{status}.sh HTTP/1.1\r\nHost: t\r\n\r\n"
+                      "GET /cgi-bin/env.sh HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode(),
+                      shut=False, timeout=10)
+    first, _, rest = answer.partition(b"\r\n\r\n")
+    assert first.startswith(f"HTTP/1.1 {status} ".encode())
+    assert b"content-length" not in first.lower()
+    assert b"must not be sent" not in answer
+    assert rest.startswith(b"HTTP/1.1 200 ")  # the next answer follows the head at once
+    records = site.server.records(before + 2)[before:]
+    assert (records[0]["status"], records[0]["bytes"]) == (str(status), None)  # %b: "-"
+    assert records[1]["status"] == "200"
+
+
+def test_an_interim_status_from_a_script_is_a_failure(site):
+    write_script(site.cgi, "s100.sh", "#!/bin/sh\nprintf 'Status: 100 Continue\\nContent-Type: text/plain\\n\\nx\\n'\n")
+    before = len(site.server.lines())
+    status, _, _ = split_response(get(site.server.port, "/cgi-bin/s100.sh"))
+    (record,) = site.server.records(before + 1)[before:]
+    assert status == 500 and record["status"] == "500"
+
+
 def kill_leftovers(pid_file: Path, command_part: bytes) -> None:
     """Kill, by PID, the processes a script recorded, if they still run that script."""
     if not pid_file.exists():
