@@ -153,6 +153,10 @@ def render(field: Field, obs: Observation) -> str:
     return "-" if value is None else str(value)
 
 
+#: Templates a ``Renderer.filler`` keeps, one per (SYN shape, TTL); all are dropped when full.
+SHAPES_KEPT = 4096
+
+
 class Renderer:
     """Renders one fixed list of fields at a time: the hot path of decode and the log.
 
@@ -203,6 +207,41 @@ class Renderer:
         position = {id(f): after + k for k, f in enumerate(produced)}
         self._order = _getter([slot[f.member] if f.member is not None else position[id(f)] for f in self.fields])
         self._missing_members = ("-",) * after
+
+    def filler(self, pieces: list[str]) -> Callable[[Fingerprint], str]:
+        """``pieces[0] + texts[0] + pieces[1] + ... + texts[-1] + pieces[-1]`` of a
+        Fingerprint, for a renderer of Fingerprint members only (a log line's run of SYN
+        fields), in fewer steps: the shape and TTL texts are written once into a
+        %-template kept per (shape texts, TTL), so each SYN fills in only its own values
+        (IP ID, flow label, timestamps, p0f signature).  The same text as the texts joined.
+        """
+        if not self._all_members or len(pieces) != len(self.fields) + 1:
+            raise ValueError("a filler needs Fingerprint members only, and one piece more than fields")
+        index = {name: i for i, name in enumerate(Fingerprint._fields)}
+        first_shape = index["ip_version"]
+        own = [k for k, f in enumerate(self.fields)
+               if index[f.member] < first_shape and f.member not in TTL_MEMBERS]  # type: ignore[index]
+        values = _getter([index[self.fields[k].member] for k in own])  # type: ignore[index]
+        escaped = [p.replace("%", "%%") for p in pieces]
+        kept: dict[tuple[tuple[str, ...], int], str] = {}
+
+        def fill(fp: Fingerprint) -> str:
+            key = (fp.shape_texts, fp.ttl)
+            template = kept.get(key)
+            if template is None:
+                texts = [t.replace("%", "%%") for t in self.fingerprint_texts(fp)]
+                for k in own:
+                    texts[k] = "%s"
+                template = escaped[0] + "".join(t + p for t, p in zip(texts, escaped[1:]))
+                if len(kept) >= SHAPES_KEPT:
+                    kept.clear()
+                kept[key] = template
+            found = values(fp)
+            if None in found:
+                found = tuple(["-" if v is None else v for v in found])
+            return template % found  # %s writes str(value), as render does
+
+        return fill
 
     def fingerprint_texts(self, fp: Fingerprint) -> tuple[str, ...]:
         """The texts of a renderer whose fields all show Fingerprint members, from the

@@ -10,7 +10,10 @@ From that one sequence we derive both directions, so they cannot disagree:
   line per request, so nothing is looked up by name at write time.  A run of
   ``%{FINGERPRINT_*}g`` fields of one source (the SYN, TCP_INFO, ...) is one
   function that keeps its last text and the objects it was rendered from:
-  the requests of a keep-alive connection render the SYN fields once;
+  the requests of a keep-alive connection render the SYN fields once.  A new
+  connection's SYN fields fill a template kept per SYN shape and TTL
+  (``Renderer.filler``), and a run of TCP_INFO fields is one unpack put into
+  the template as numbers;
 - the parser: one regular expression with a group per directive, built from
   what each directive can produce (digits, a bracketed time, Apache-escaped
   text).  ``LogFormat.pattern`` and ``LogFormat.items`` are public so the
@@ -54,6 +57,7 @@ from typing import NamedTuple
 
 from .errors import TcpfpError, UnknownField
 from .fields import BY_NAME, FIELDS, Field, Observation, Renderer, lookup, render
+from .tcpinfo import values_reader
 from .httpwire import host_without_port
 
 __all__ = [
@@ -658,7 +662,7 @@ def _build_writer(items: tuple[Item, ...], specs: list[_Writer]) -> tuple[str, t
             i += 1
         else:
             source = part.field.source
-            run_fields, run_template, end, j = [part.field], ["%s"], i + 1, i + 1
+            run_fields, pieces, end, j = [part.field], [""], i + 1, i + 1
             while j < n:
                 nxt = parts[j]
                 if isinstance(nxt, str):
@@ -666,12 +670,12 @@ def _build_writer(items: tuple[Item, ...], specs: list[_Writer]) -> tuple[str, t
                     continue
                 if nxt.field is None or nxt.field.source != source:
                     break
-                run_template.extend(p.replace("%", "%%") for p in parts[end:j])  # type: ignore[union-attr]
-                run_template.append("%s")
+                pieces.append("".join(parts[end:j]))  # type: ignore[arg-type]
                 run_fields.append(nxt.field)
                 end = j = j + 1
+            pieces.append("")
             template.append("%s")
-            writers.append(_run_writer(tuple(run_fields), "".join(run_template), _SOURCE_ATTRS[source]))
+            writers.append(_run_writer(tuple(run_fields), pieces, _SOURCE_ATTRS[source]))
             i = end
     return "".join(template), tuple(writers)
 
@@ -687,13 +691,23 @@ def _line_writer(template: str, writers: tuple[Callable[[_R], str], ...]) -> Cal
     return scope["write"]  # type: ignore[return-value]
 
 
-def _run_writer(fields: tuple[Field, ...], template: str, attrs: tuple[str, ...]) -> Callable[[_R], str]:
-    """The text of a run of fields of one source, kept while the source's objects are the
-    same ones (the requests of a kept-alive connection share them)."""
+def _run_writer(fields: tuple[Field, ...], pieces: list[str], attrs: tuple[str, ...]) -> Callable[[_R], str]:
+    """The text of a run of fields of one source (``pieces``: the literal text before,
+    between and after them), kept while the source's objects are the same ones (the
+    requests of a kept-alive connection share them)."""
+    template = "%s".join(p.replace("%", "%%") for p in pieces)
     if len(attrs) == 1:
         return _run_writer_of_one(fields, template, attrs[0])
     key = attrgetter(*attrs)
-    texts = Renderer(fields).texts
+    renderer = Renderer(fields)
+    texts = renderer.texts
+    if all(f.member is not None for f in fields):  # SYN fields only: filled in per shape
+        fill = renderer.filler(pieces)
+        missing = template % tuple(texts(Observation(None, None, None, None, None, None)))
+        produce: Callable[[Observation], str] = \
+            lambda obs: missing if obs.fingerprint is None else fill(obs.fingerprint)  # noqa: E731
+    else:
+        produce = lambda obs: template % tuple(texts(obs))  # noqa: E731
     cache: list[object] = [(), ""]  # the key objects last rendered, and the text
 
     def write(r: _R) -> str:
@@ -702,7 +716,7 @@ def _run_writer(fields: tuple[Field, ...], template: str, attrs: tuple[str, ...]
         last = cache[0]
         if len(last) == len(now) and all(map(is_, now, last)):  # type: ignore[arg-type]
             return cache[1]  # type: ignore[return-value]
-        text = template % tuple(texts(obs))
+        text = produce(obs)
         cache[0], cache[1] = now, text
         return text
 
@@ -711,9 +725,11 @@ def _run_writer(fields: tuple[Field, ...], template: str, attrs: tuple[str, ...]
 
 def _run_writer_of_one(fields: tuple[Field, ...], template: str, attr: str) -> Callable[[_R], str]:
     """``_run_writer`` for a source of one attribute (TCP_INFO, the label, the accept time...)."""
-    if len(fields) == 1:
+    if all(f.info is not None for f in fields):  # fields of one TCP_INFO: one unpack, one format
+        produce: Callable[[Observation], str] = _info_run(fields, template, attr)
+    elif len(fields) == 1:
         (field,) = fields
-        produce: Callable[[Observation], str] = lambda obs: render(field, obs)  # noqa: E731
+        produce = lambda obs: render(field, obs)  # noqa: E731
     else:
         texts = Renderer(fields).texts
         produce = lambda obs: template % tuple(texts(obs))  # noqa: E731
@@ -732,6 +748,24 @@ def _run_writer_of_one(fields: tuple[Field, ...], template: str, attr: str) -> C
 
 
 _UNSET = object()
+
+
+def _info_run(fields: tuple[Field, ...], template: str, attr: str) -> Callable[[Observation], str]:
+    """The text of a run of fields of the TcpInfo ``attr``: the numbers go into the
+    template as they are (``%s`` writes ``str`` of them, as ``render`` does)."""
+    values = values_reader([f.info for f in fields])  # type: ignore[misc]
+    missing = template % (("-",) * len(fields))
+
+    def produce(obs: Observation) -> str:
+        info = getattr(obs, attr)
+        if info is None:
+            return missing
+        found = values(info)
+        if None in found:
+            found = tuple(["-" if v is None else v for v in found])
+        return template % found
+
+    return produce
 
 
 def _field_writer(field: Field) -> Callable[[_R], str]:

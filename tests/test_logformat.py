@@ -31,7 +31,7 @@ from tcpfp_cli.logformat import (
     compile_format,
 )
 from tcpfp_cli.syn import parse_syn
-from tcpfp_cli.tcpinfo import parse_tcp_info
+from tcpfp_cli.tcpinfo import TcpInfo, parse_tcp_info
 
 SEED = Path("/work/shared/seed/mod_tcpfingerprint-README.md")
 
@@ -591,6 +591,25 @@ def test_runs_of_syn_fields_are_written_as_each_field_renders(fields, connection
     for obs in observations:
         expected = (" 100% " if percent else " ").join(
             f'"{render(f, obs)}"' if f.kind == "text" else render(f, obs) for f in fields)
+        assert fmt.write(record(observation=obs)) == expected
+
+
+INFO_RUN_FIELDS = [f for f in FIELDS if f.info is not None]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(INFO_RUN_FIELDS), min_size=1, max_size=8),
+       st.lists(st.tuples(st.binary(max_size=260), st.binary(max_size=260)), min_size=1, max_size=4),
+       st.sampled_from([" ", " 100%% ", "/"]))
+def test_runs_of_tcp_info_fields_are_written_as_each_field_renders(fields, readings, joiner):
+    """A run of TCP_INFO fields is written from one unpack of the reading, the numbers put
+    into the template as they are; a reading too short for a field (any length, from
+    Linux 2.6's 104 bytes to today's) gives '-' for it, as rendering field by field does."""
+    fmt = compile_format(joiner.join(f"%{{{f.name}}}g" for f in fields))
+    for at_accept, now in readings:
+        obs = OBS._replace(tcp_info=TcpInfo(at_accept) if at_accept else None,
+                           tcp_info_now=TcpInfo(now) if now else None)
+        expected = joiner.replace("%%", "%").join(render(f, obs) for f in fields)
         assert fmt.write(record(observation=obs)) == expected
 
 

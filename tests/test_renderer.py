@@ -18,6 +18,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tcpfp_cli import fields as fields_module
+from tcpfp_cli.errors import MalformedSyn
 from tcpfp_cli.fields import FIELDS, Observation, Renderer, render
 from tcpfp_cli.sigdb import Match
 from tcpfp_cli.syn import parse_syn
@@ -80,6 +82,55 @@ def test_any_list_of_fields(fields, data, which):
 def test_any_list_of_member_fields(fields, data):
     fp = parse_syn(data)
     assert Renderer(fields).fingerprint_texts(fp) == expected(fields, Observation(fp, data))
+
+
+def _one_byte_changes(data: bytes):
+    for at in range(len(data)):
+        for value in (data[at] ^ 0x01, data[at] ^ 0x80, 0, 0xFF):
+            raw = bytearray(data)
+            raw[at] = value
+            yield bytes(raw)
+
+
+def test_a_filler_writes_the_joined_texts_of_every_syn_one_byte_from_a_fixture():
+    """One filler keeps a template per (shape, TTL) and fills in the rest.  Over every
+    fixture and every one-byte change of each (new shapes, same shape with other IP IDs,
+    timestamps, TTLs, flow labels; SYNs the shape cache does not keep), its text is the
+    field texts joined, with literal '%' between them."""
+    pieces = ["", " ", ' "', '" 100% ', " %s ", "%%", ""]
+    chosen = [next(f for f in MEMBERS if f.member == m)
+              for m in ("ttl", "ip_id", "options_text", "ts_val", "p0f", "hops")]
+    renderer = Renderer(chosen)
+    fill = renderer.filler(pieces)
+    checked = 0
+    for data in GOOD:
+        for raw in (data, *_one_byte_changes(data)):
+            try:
+                fp = parse_syn(raw)
+            except MalformedSyn:
+                continue
+            texts = expected(chosen, Observation(fp, raw))
+            assert fill(fp) == pieces[0] + "".join(t + p for t, p in zip(texts, pieces[1:])), raw.hex()
+            checked += 1
+    assert checked > 10 * len(GOOD)
+
+
+def test_a_filler_that_keeps_too_many_shapes_starts_again(monkeypatch):
+    monkeypatch.setattr(fields_module, "SHAPES_KEPT", 2)
+    chosen = [f for f in MEMBERS if f.member in ("ttl", "window", "ts_val")]
+    fill = Renderer(chosen).filler(["<", ",", ",", ">"])
+    for data in GOOD * 2:
+        fp = parse_syn(data)
+        assert fill(fp) == "<" + ",".join(expected(chosen, Observation(fp, data))) + ">"
+
+
+def test_a_filler_needs_member_fields_and_one_piece_more():
+    import pytest
+
+    with pytest.raises(ValueError):
+        Renderer([f for f in FIELDS if f.member is None][:1]).filler(["", ""])
+    with pytest.raises(ValueError):
+        Renderer(MEMBERS[:2]).filler(["", ""])
 
 
 INFO_FIELDS = [f for f in FIELDS if f.source in ("tcp_info", "tcp_info_now") and f.scalar]
