@@ -125,9 +125,19 @@ def test_unknown_field_is_a_usage_error():
 
 
 def test_list_fields_lists_the_table():
+    """One line per field that docs/fields.md documents, each with its meaning from the table."""
+    import re
+    from pathlib import Path
+
+    from tcpfp_cli.fields import FIELDS
+
+    documented = re.findall(r"\| (FINGERPRINT_[A-Z_0-9]+) \|",
+                            (Path(__file__).resolve().parent.parent / "docs" / "fields.md").read_text())
     result = invoke("--list-fields")
     assert result.exit_code == 0
-    assert "FINGERPRINT_P0F" in result.stdout and "FINGERPRINT_TCP_RTT" in result.stdout
+    rows = [line.split(None, 1) for line in result.stdout.splitlines()]
+    assert sorted(name for name, _ in rows) == sorted(documented) and len(documented) >= 28
+    assert dict(rows) == {field.name: field.meaning for field in FIELDS}
 
 
 # TCP_INFO as this x86-64 kernel lays it out: state 1, rto 204000, snd_mss 32768

@@ -75,12 +75,51 @@ def test_shortcut_gives_the_same_answer(request_line, fields, eol, mixed):
     assert fast == slow
 
 
+#: Field lines made of the bytes that matter to the checks: token and non-token name bytes,
+#: a colon or none, value bytes clean and not (tab is allowed, other controls are not), and
+#: sometimes a leading blank (obs-fold).  Random bytes alone almost never form a clean
+#: ``name: value`` line, so they would never take the shortcuts.
+_TOKEN_BYTES = st.sampled_from(b"Hhost-X_9!#|~")
+_CLEAN_VALUE_BYTES = st.sampled_from(b"ab 9,;=\"\\\t\x80\xe9\xff")
+_ANY_VALUE_BYTES = st.one_of(_CLEAN_VALUE_BYTES, st.sampled_from(b"\x00\x01\x08\x0b\x0c\x0d\x1b\x7f"))
+CLEAN_FIELD_LINE = st.builds(lambda name, colon, value: bytes(name) + colon + bytes(value),
+                             st.lists(_TOKEN_BYTES, min_size=1, max_size=8), st.sampled_from([b":", b": "]),
+                             st.lists(_CLEAN_VALUE_BYTES, max_size=16))
+ANY_FIELD_LINE = st.builds(
+    lambda fold, name, colon, value: fold + bytes(name) + colon + bytes(value),
+    st.sampled_from([b"", b"", b"", b" ", b"\t"]),
+    st.one_of(st.lists(_TOKEN_BYTES, max_size=8), st.lists(st.sampled_from(b"Hx-9 @\"(:"), max_size=8)),
+    st.sampled_from([b":", b": ", b""]), st.lists(_ANY_VALUE_BYTES, max_size=16))
+#: Whole field sections: LF-separated (the test turns LF into CR LF), all clean or mixed.
+FIELD_SECTIONS = st.one_of(st.lists(CLEAN_FIELD_LINE, min_size=1, max_size=6),
+                           st.lists(st.one_of(CLEAN_FIELD_LINE, ANY_FIELD_LINE), min_size=1, max_size=6)
+                           ).map(b"\n".join)
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=120))
-def test_shortcut_on_arbitrary_field_bytes(junk):
-    head = b"GET / HTTP/1.1\r\nHost: x\r\n" + junk.replace(b"\n", b"\r\n") + b"\r\n\r\n"
+@given(st.sampled_from([b"GET / HTTP/1.1", b"GET http://x/a HTTP/1.1", b"OPTIONS * HTTP/1.1"]),
+       st.one_of(st.binary(max_size=120), FIELD_SECTIONS))
+def test_shortcut_on_arbitrary_field_bytes(request_line, junk):
+    """Any bytes as header fields, behind a plain request line (the two-expression path)
+    and behind request lines that are not plain (the clean-fields shortcut)."""
+    head = request_line + b"\r\nHost: x\r\n" + junk.replace(b"\n", b"\r\n") + b"\r\n\r\n"
     fast, slow = both(head)
     assert fast == slow
+
+
+NOT_PLAIN_REQUEST_LINES = [b"GET http://x/a HTTP/1.1", b"OPTIONS * HTTP/1.1"]  # the clean-fields shortcut
+
+
+@pytest.mark.parametrize("request_line", [b"GET / HTTP/1.1", *NOT_PLAIN_REQUEST_LINES])
+def test_every_byte_in_a_header_name_and_value_gets_the_same_answer(request_line):
+    """Each of the 256 byte values inside a field name and inside a field value: the
+    shortcuts' expressions must accept exactly the bytes the per-line checks accept."""
+    for value in range(256):
+        byte = bytes([value])
+        for field in (b"X-A: a" + byte + b"b", b"X" + byte + b"A: ab", byte + b"X: ab"):
+            head = request_line + b"\r\nHost: x\r\n" + field + b"\r\n\r\n"
+            fast, slow = both(head)
+            assert fast == slow, head
 
 
 @pytest.mark.parametrize("limits", [httpwire.Limits(max_line=40, max_headers=3), httpwire.Limits()])
@@ -144,19 +183,34 @@ def _scanned(buffer: bytes, limits: httpwire.Limits):
         return (error.status, error.reason, error.request_line)
 
 
+#: Lines of a plain head (a token method, an origin-form target without control bytes
+#: or '#', HTTP/1.0 or later; field lines ``token ":" value`` without control bytes).
+PLAIN_REQUEST_LINES = [b"GET / HTTP/1.1", b"GET /p?q=1 HTTP/1.0", b"POST /x HTTP/1.1",
+                       b"GET /caf\xc3\xa9 HTTP/1.1", b"GET / HTTP/2.0"]
+PLAIN_FIELD_LINES = [b"Host: example.com", b"host: a", b"HOST: b", b"Accept: */*", b"Connection: close",
+                     b"Connection: keep-alive", b"Content-Length: 12", b"X-Tab:\tvalue\t", b"X-Empty:",
+                     b"X-Dup: 1", b"X-Dup: 2", b"X-High: caf\xc3\xa9", b"User-Agent: Mozilla/5.0 (X11)"]
+
+
 @settings(max_examples=600, deadline=None)
-@given(st.sampled_from(REQUEST_LINES), st.lists(st.sampled_from(FIELD_LINES), max_size=6),
-       st.sampled_from([b"\r\n", b"\n"]), st.binary(max_size=30),
+@given(st.booleans(), st.data(), st.sampled_from([b"\r\n", b"\n"]), st.binary(max_size=30),
        st.sampled_from([httpwire.Limits(), httpwire.Limits(max_line=50, max_headers=2)]))
-def test_reading_a_plain_head_in_one_step_agrees_with_scan_and_parse(request_line, fields, eol, rest, limits):
-    """read_plain_head answers only for a buffer that starts with a whole plain head, and then
-    exactly as scan and parse_head do; whatever follows the head (a next request) is left."""
+def test_reading_a_plain_head_in_one_step_agrees_with_scan_and_parse(plain_lines, data, eol, rest, limits):
+    """read_plain_head answers for a buffer that starts with a whole plain head (half the
+    heads here are made of plain lines only), and then exactly as scan and parse_head do;
+    for other buffers it may decline (None); whatever follows the head is left."""
+    request_lines, field_lines = (PLAIN_REQUEST_LINES, PLAIN_FIELD_LINES) if plain_lines else (
+        REQUEST_LINES, FIELD_LINES)
+    request_line = data.draw(st.sampled_from(request_lines))
+    fields = data.draw(st.lists(st.sampled_from(field_lines), max_size=6))
     buffer = b"".join(line + eol for line in [request_line, *fields]) + eol + rest
     for candidate in (buffer, buffer[: len(buffer) // 2]):
         try:
             plain = httpwire.read_plain_head(candidate, limits)
         except BadRequest as error:
             plain = (error.status, error.reason, error.request_line)
+        if candidate is buffer and plain_lines and limits == httpwire.Limits():
+            assert plain is not None, buffer  # a whole plain head, shorter than any line limit
         if plain is not None:
             assert plain == _scanned(candidate, limits)
 

@@ -3,7 +3,7 @@
 A kernel without TCP_SAVE_SYN (before 4.2, or a sandbox that filters the
 option) answers setsockopt with ENOPROTOOPT.  We cannot boot such a kernel in
 a test, so a socket stand-in gives that answer; everything above it is the
-real code.
+real code.  A socket that is gone is a real closed socket.
 """
 
 from __future__ import annotations
@@ -24,11 +24,6 @@ class NoSaveSyn(socket.socket):
         return super().setsockopt(level, option, value, *rest)
 
 
-class Dead:
-    def getsockopt(self, level, option, size):
-        raise OSError(errno.EBADF, "Bad file descriptor")
-
-
 def test_a_kernel_without_tcp_save_syn_is_reported_not_fatal():
     with NoSaveSyn(socket.AF_INET, socket.SOCK_STREAM) as sock:
         assert kernel.enable_save_syn(sock) is False
@@ -37,8 +32,13 @@ def test_a_kernel_without_tcp_save_syn_is_reported_not_fatal():
 
 
 def test_reading_a_gone_socket_gives_nothing_rather_than_an_error():
-    assert kernel.read_saved_syn(Dead()) is None
-    assert kernel.read_tcp_info(Dead()) is None
+    gone = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    gone.close()
+    with pytest.raises(OSError) as raised:  # the premise: the kernel refuses every read
+        gone.getsockopt(socket.IPPROTO_TCP, kernel.TCP_SAVED_SYN, 512)
+    assert raised.value.errno == errno.EBADF
+    assert kernel.read_saved_syn(gone) is None
+    assert kernel.read_tcp_info(gone) is None
 
 
 def test_serve_warns_once_and_still_listens(monkeypatch, capsys):

@@ -656,14 +656,22 @@ def test_strftime_times_parse_back_whatever_their_spaces(fmt, value):
 @pytest.mark.parametrize("status", [200, 404])
 def test_what_a_strftime_time_writes_parses_back(form, status):
     """Written by the writer, read by the parser: padded, flagged, spaced and unknown
-    conversions, and '-' from a status condition (%404{..}t on a 200)."""
-    for fmt in (f"%{{{form}}}t", f"%404{{{form}}}t", "%404{sec}t"):
+    conversions, and '-' from a status condition (%404{..}t on a 200).  The time text is
+    what C's strftime(3) makes of the conversion, as in Apache (Python's time.strftime
+    is that function), or the seconds since the epoch for ``sec``."""
+    start = time.mktime((2026, 11, 5, 7, 2, 3, 0, 0, -1))
+    for fmt, text in ((f"%{{{form}}}t", time.strftime(form, time.localtime(start))),
+                      (f"%404{{{form}}}t", time.strftime(form, time.localtime(start)) if status == 404 else None),
+                      ("%404{sec}t", str(int(start)) if status == 404 else None)):
         compiled = compile_format(f'"%r" {fmt} %>s')
-        record = AccessRecord("192.0.2.1", 5555, "192.0.2.2", 80, time.mktime((2026, 11, 5, 7, 2, 3, 0, 0, -1)),
+        record = AccessRecord("192.0.2.1", 5555, "192.0.2.2", 80, start,
                               b"GET / HTTP/1.1", b"GET", b"/", b"", b"HTTP/1.1", status, 2, 1234, 0, {}, {}, {},
                               Observation())
         line = compiled.write(record)
-        assert compiled.parse(line)["status"] == str(status), (fmt, line)
+        parsed = compiled.parse(line)
+        (column,) = [d.column for d in compiled.directives if d.letter == "t"]
+        assert (parsed["request"], parsed[column], parsed["status"]) == ("GET / HTTP/1.1", text, str(status)), (
+            fmt, line)
 
 
 def test_apache_directives_without_a_record_of_their_own_are_refused_by_name():

@@ -204,14 +204,16 @@ def test_every_edge_case_matches_p0f(p0f, tmp_path):
 
 
 def test_saved_syn_without_payload_keeps_the_signature(p0f, tmp_path):
-    """The kernel saves no payload; pclass must still say ``+`` (from the IP length)."""
+    """The kernel saves no payload; pclass must still say ``+`` (from the IP length): the
+    saved bytes give the signature p0f prints for the whole packet, payload and all."""
     payload_cases = [(n, kw) for n, kw in CASES if kw.get("payload")]
     assert payload_cases
-    for name, kw in payload_cases:
-        syn = build_syn(**kw)
+    syns = [build_syn(index=i, **kw) for i, (_, kw) in enumerate(payload_cases)]
+    sigs = p0f_raw_sigs(p0f, syns, tmp_path)
+    for (name, kw), syn in zip(payload_cases, syns):
         header_end = len(syn.raw) - len(kw["payload"])
-        full, saved = parse_syn(syn.raw), parse_syn(syn.raw[:header_end])
-        assert saved.p0f == full.p0f, name
+        saved = parse_syn(syn.raw[:header_end])
+        assert saved.p0f == sigs[(ipaddress.ip_address(syn.src), syn.sport)], name
         assert saved.p0f.endswith(":+"), name
 
 

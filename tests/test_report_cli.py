@@ -304,6 +304,15 @@ def test_serve_logs_read_back_to_what_serve_logged(tmp_path, log_format):
     for column in fmt.columns:
         got = [None if pd.isna(v) else (str(int(v)) if column in ints else v) for v in df[column].astype(object)]
         assert got == [r[column] for r in expected], column
+    # What each client's kernel sent (IP_TTL and TCP_MAXSEG set before connect), not what
+    # the log says: every format's fingerprint columns must read back to it.
+    wanted = {"FINGERPRINT_IP_TTL": lambda k: 40 + k, "FINGERPRINT_TCP_MSS": lambda k: 1000 + 40 * k,
+              "FINGERPRINT_ITTL": lambda k: 64, "FINGERPRINT_HOPS": lambda k: 64 - (40 + k),
+              "FINGERPRINT_IP_DF": lambda k: 1, "FINGERPRINT_TCP_OPTIONS": lambda k: "2,4,8,1,3"}
+    checked = [column for column in wanted if column in fmt.columns]
+    assert checked  # each format has some of them
+    for column in checked:
+        assert df[column].tolist() == [wanted[column](k) for k in range(len(df))], column
     if "FINGERPRINT_SAVED_SYN" in fmt.columns:
         for k in range(len(df)):
             syn = parse_syn(parse_hex(df["FINGERPRINT_SAVED_SYN"][k]))

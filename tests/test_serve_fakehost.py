@@ -53,12 +53,14 @@ def _replayable(case: dict) -> bool:
 
 #: Fixtures this kernel drops before any socket sees them (so no server can log them):
 #: a type-0 routing header (deprecated by RFC 5095) and destination options
-#: padded with PadN of more than 7 bytes (Linux rejects such padding).
+#: padded with PadN of more than 7 bytes (Linux rejects such padding).  They are still sent,
+#: and must get no answer (test_the_fixtures_left_out_are_dropped_by_the_kernel).
 KERNEL_DROPS = {"ipv6_routing", "ipv6_dest_opts", "ipv6_hop_and_dest"}
 
 CASES = sorted(
     (json.loads(p.read_text()) for p in FIXTURES.glob("*.json")), key=lambda c: c["name"])
 REPLAYED = [c for c in CASES if _replayable(c) and c["name"] not in KERNEL_DROPS]
+DROPPED = [c for c in CASES if c["name"] in KERNEL_DROPS]
 
 
 def _aim(raw: bytes, sport: int) -> bytes:
@@ -111,14 +113,28 @@ def served_in_namespace(tmp_path_factory):
         delayed = Conversation(syn=_aim(bytes.fromhex(REPLAYED[0]["hex"]), 30000), ack_delay=0.2,
                                request=b"GET /delayed HTTP/1.0\r\n\r\n")
         results = replay(ns, conversations + [delayed], port=PORT)
+        # The fixtures left out as dropped by the kernel, sent last: they must get no answer.
+        dropped = replay(ns, [Conversation(syn=_aim(bytes.fromhex(c["hex"]), 31000 + i), synack_timeout=0.5,
+                                           request=f"GET /{c['name']} HTTP/1.0\r\n\r\n".encode())
+                              for i, c in enumerate(DROPPED)], port=PORT)
         ns.stop(server)
         assert server.returncode == 0
         sent = {c.request.split(b" ")[1].decode()[1:]: c.syn for c in conversations + [delayed]}
-        yield results, sent, log.read_text().splitlines()
+        yield results, sent, log.read_text().splitlines(), dropped
+
+
+def test_the_fixtures_left_out_are_dropped_by_the_kernel(served_in_namespace):
+    """KERNEL_DROPS is a fact about this kernel, checked: should a kernel accept one of
+    these SYNs, this fails, and the fixture belongs in the replayed corpus."""
+    _, _, lines, dropped = served_in_namespace
+    assert sorted(c["name"] for c in DROPPED) == sorted(KERNEL_DROPS)
+    assert all(_replayable(c) for c in DROPPED)  # left out for the kernel's sake alone
+    assert [(r.synack, r.reset) for r in dropped] == [(None, False)] * len(DROPPED)
+    assert not [line for line in lines if any(f"/{name} " in line for name in KERNEL_DROPS)]
 
 
 def test_every_conversation_completed_and_got_its_line(served_in_namespace):
-    results, sent, lines = served_in_namespace
+    results, sent, lines, _ = served_in_namespace
     failed = [r.error for r in results if not r.ok]
     assert not failed
     assert all(r.response.startswith(b"HTTP/1.1 200 OK") for r in results)
@@ -127,7 +143,7 @@ def test_every_conversation_completed_and_got_its_line(served_in_namespace):
 
 @pytest.mark.parametrize("case", REPLAYED, ids=[c["name"] for c in REPLAYED])
 def test_every_logged_field_equals_the_written_definition(served_in_namespace, case):
-    _, sent, lines = served_in_namespace
+    _, sent, lines, _ = served_in_namespace
     fmt = compile_format(FORMAT)
     records = {fmt.parse(line)["request"].split(" ")[1][1:]: fmt.parse(line) for line in lines}
     record = records[case["name"]]
@@ -148,7 +164,7 @@ def test_a_held_back_ack_shows_as_the_handshake_rtt(served_in_namespace):
     (the judged tolerance is max(10 ms, 10%) = 20 ms; we allow a little more
     upward for CI load).
     """
-    _, _, lines = served_in_namespace
+    _, _, lines, _ = served_in_namespace
     fmt = compile_format(FORMAT)
     (record,) = [fmt.parse(line) for line in lines if "/delayed " in line]
     assert 195_000 <= int(record["FINGERPRINT_TCP_RTT"]) <= 260_000
@@ -160,18 +176,21 @@ def test_a_connection_made_by_syn_cookie_is_served_and_logged_with_dashes(tmp_pa
     ``net.ipv4.tcp_syncookies=2`` (per namespace) makes it send cookies for
     every SYN, so each connection below is one no SAVED_SYN exists for.  It
     must still be answered and logged: '-' in every field that comes from the
-    SYN, the saved SYN '-', and the TCP_INFO fields (the RTT) still read.
+    SYN, the saved SYN '-', and the TCP_INFO fields (the RTT) still read: the
+    logged TCP_INFO is an established connection's (tcpi_state, byte 0, is 1)
+    and the logged RTT is its tcpi_rtt (the u32 at byte 68, linux/tcp.h).
     """
     need_root()
     need(os.path.exists("/dev/net/tun"), "needs /dev/net/tun")
     log = tmp_path / "access.log"
+    fmt_text = FORMAT + ' "%{FINGERPRINT_TCP_INFO}g"'
     v4 = build_syn(PORT, ttl=52, window=29200, options=[("MSS", 1452), ("SAckOK", b""), ("Timestamp", (777, 0)),
                                                          ("NOP", None), ("WScale", 7)])
     v6 = build_syn(PORT, version=6, ttl=57, window=64800, options=[("MSS", 1440)])
     with Namespace() as ns:
         assert ns.run(["sysctl", "-q", "-w", "net.ipv4.tcp_syncookies=2"]).returncode == 0
         server = ns.popen([sys.executable, "-m", "tcpfp_cli", "serve", "--port", str(PORT),
-                           "--log", str(log), "--log-format", FORMAT])
+                           "--log", str(log), "--log-format", fmt_text])
         wait_for_port(ns, PORT, timeout=15)
         results = replay(ns, [Conversation(syn=v4, request=b"GET /v4 HTTP/1.0\r\n\r\n"),
                               Conversation(syn=v6, request=b"GET /v6 HTTP/1.0\r\n\r\n")], port=PORT)
@@ -181,10 +200,13 @@ def test_a_connection_made_by_syn_cookie_is_served_and_logged_with_dashes(tmp_pa
     for result in results:
         assert result.response.startswith(b"HTTP/1.1 200 OK")
         assert b"\nFINGERPRINT_TCP_OPTIONS -\n" in result.response  # the body: what the server saw
-    fmt = compile_format(FORMAT)
+    fmt = compile_format(fmt_text)
     records = [fmt.parse(line) for line in log.read_text().splitlines()]
     assert [(r["request"], r["remote_addr"]) for r in records] == [
         ("GET /v4 HTTP/1.0", "198.18.0.2"), ("GET /v6 HTTP/1.0", "2001:db8::2")]
     for record in records:
         assert all(record[name] is None for name in FIELDS if name != "FINGERPRINT_TCP_RTT"), record
-        assert int(record["FINGERPRINT_TCP_RTT"]) >= 0  # TCP_INFO exists without a saved SYN
+        # TCP_INFO exists without a saved SYN (the RTT may be 0: a cookie leaves no SYN-ACK to time)
+        info = bytes.fromhex(record["FINGERPRINT_TCP_INFO"])
+        assert len(info) >= 104 and info[0] == 1, record  # TCP_ESTABLISHED at accept
+        assert int(record["FINGERPRINT_TCP_RTT"]) == int.from_bytes(info[68:72], "little")

@@ -65,10 +65,29 @@ def test_random_bytes(data: bytes) -> None:
     outcome(data)
 
 
+#: Protocol (IPv4) or next-header (IPv6) values: TCP, the extension headers we walk
+#: (hop-by-hop, routing, fragment, AH, destination options), "no next header", any.
+NEXT_HEADERS = st.one_of(st.just(6), st.sampled_from((0, 43, 44, 51, 59, 60)), st.integers(0, 255))
+
+
 @FAST
-@given(st.sampled_from([b"\x45", b"\x46", b"\x4f", b"\x60"]), st.binary(max_size=120))
-def test_random_bytes_after_an_ip_version_byte(first: bytes, rest: bytes) -> None:
-    outcome(first + rest)
+@given(st.sampled_from([b"\x45", b"\x46", b"\x4f", b"\x60"]),
+       st.one_of(st.binary(max_size=120), st.binary(min_size=39, max_size=120)),
+       NEXT_HEADERS, NEXT_HEADERS, NEXT_HEADERS)
+def test_random_bytes_after_an_ip_version_byte(first: bytes, rest: bytes, proto: int, second: int,
+                                              third: int) -> None:
+    """Random headers long enough to be read, whose protocol or next-header values lead on
+    to TCP or to extension headers often (random bytes alone stop at 'truncated IP
+    header' or 'not TCP' nearly every time)."""
+    data = bytearray(first + rest)
+    # IPv4: the protocol byte.  IPv6: the next header; then, should that be an extension
+    # header, its own next header, a length byte making it 8 bytes long, and the next
+    # header of a second extension header right after it.
+    places = ((9, proto),) if first[0] >> 4 == 4 else ((6, proto), (40, second), (41, 0), (48, third))
+    for at, value in places:
+        if at < len(data):
+            data[at] = value
+    outcome(bytes(data))
 
 
 @FAST
