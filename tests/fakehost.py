@@ -181,14 +181,21 @@ class Conversation:
     request: bytes = b"GET / HTTP/1.0\r\n\r\n"  # sent after the handshake ("" = none)
     synack_timeout: float = 2.0
     response_timeout: float = 3.0  # for the server's response and FIN
+    wire: tuple[bytes, ...] = ()  # packets to write instead of the SYN, e.g. its fragments
+    ack_with_request: bool = False  # no bare ACK: the request's first segment completes the handshake
+    request_segments: int = 1  # the request in this many segments (at most the server's MSS each)
+    segment_gap: float = 0.0  # seconds between them
 
     def to_json(self) -> dict[str, Any]:
         return {"syn": self.syn.hex(), "ack_delay": self.ack_delay, "request": self.request.hex(),
-                "synack_timeout": self.synack_timeout, "response_timeout": self.response_timeout}
+                "synack_timeout": self.synack_timeout, "response_timeout": self.response_timeout,
+                "wire": [packet.hex() for packet in self.wire], "ack_with_request": self.ack_with_request,
+                "request_segments": self.request_segments, "segment_gap": self.segment_gap}
 
     @property
     def budget(self) -> float:
-        return self.synack_timeout + self.ack_delay + self.response_timeout + 1.0
+        return (self.synack_timeout + self.ack_delay + self.response_timeout + 1.0
+                + self.segment_gap * self.request_segments)
 
 
 @dataclass(frozen=True)

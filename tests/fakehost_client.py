@@ -12,10 +12,15 @@ each conversation the SYN is written exactly as the caller built it (never
 rebuilt); the client learns from it the addresses, ports, ISN, TTL/hop
 limit, DF and TSval, and builds the few later segments itself (ACK, request,
 ACKs of the response, FIN) so that they look like they come from the same
-host.  Every read has a deadline and every loop a bound.
+host.  Before the first SYN it waits until the device carries packets both
+ways (an echo request is answered): the kernel drops what it sends in the
+moment after the device comes up, and a lost SYN-ACK would change the RTT.
+Every read has a deadline and every loop a bound.
 
 Job:    {"tun": "tun0", "conversations": [{"syn": HEX, "ack_delay": S,
-         "request": HEX, "synack_timeout": S, "response_timeout": S}, ...]}
+         "request": HEX, "synack_timeout": S, "response_timeout": S,
+         "wire": [HEX, ...], "ack_with_request": B, "request_segments": N,
+         "segment_gap": S}, ...]}   (the last four optional)
 Answer: {"results": [{"ok": B, "error": STR|null, "response": HEX,
          "synack": HEX|null, "synack_seconds": S|null, "elapsed_seconds": S,
          "reset": B, "server_fin": B, "syn_resent": B}, ...]}
@@ -36,7 +41,7 @@ IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
-PROTO_TCP = 6
+PROTO_ICMP, PROTO_TCP, PROTO_ICMPV6 = 1, 6, 58
 # IPv6 extension headers we walk to find TCP in the caller's SYN.
 V6_EXT_HEADERS = {0, 43, 60}  # hop-by-hop, routing, destination options
 V6_FRAGMENT, V6_AH = 44, 51
@@ -44,6 +49,8 @@ V6_FRAGMENT, V6_AH = 44, 51
 MAX_PACKETS_PER_PHASE = 20_000  # bound on reads while waiting for one event
 MAX_SEGMENT = 1400  # request chunk size if the server's MSS is larger
 FINAL_ACK_WAIT = 0.5  # seconds to wait for the ACK of our FIN (not required)
+LINK_WAIT = 3.0  # seconds to wait for the device to carry packets both ways
+PROBE_EVERY = 0.02  # seconds between echo requests while it does not
 
 IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
 TCP_HEADER = struct.Struct("!HHIIBBHHH")
@@ -257,6 +264,61 @@ class Tun:
         return None
 
 
+def echo_request(syn: bytes, ident: int, seq: int) -> bytes:
+    """An ICMP (IPv4) or ICMPv6 echo request between the addresses of ``syn``."""
+    if syn[0] >> 4 == 4:
+        icmp = bytearray(struct.pack("!BBHHH", 8, 0, 0, ident, seq))
+        struct.pack_into("!H", icmp, 2, checksum(bytes(icmp)))
+        header = bytearray(IPV4_HEADER.pack(0x45, 0, 20 + len(icmp), 0, 0, 64, PROTO_ICMP, 0,
+                                            syn[12:16], syn[16:20]))
+        struct.pack_into("!H", header, 10, checksum(bytes(header)))
+        return bytes(header) + bytes(icmp)
+    src, dst = syn[8:24], syn[24:40]
+    icmp = bytearray(struct.pack("!BBHHH", 128, 0, 0, ident, seq))
+    pseudo = src + dst + struct.pack("!I3xB", len(icmp), PROTO_ICMPV6)
+    struct.pack_into("!H", icmp, 2, checksum(pseudo + bytes(icmp)))
+    return struct.pack("!IHBB", 6 << 28, len(icmp), PROTO_ICMPV6, 64) + src + dst + bytes(icmp)
+
+
+def is_echo_reply(packet: bytes, ident: int) -> bool:
+    if packet[:1] and packet[0] >> 4 == 4:
+        at = (packet[0] & 0x0F) * 4
+        return len(packet) >= at + 8 and packet[9] == PROTO_ICMP and packet[at] == 0 \
+            and struct.unpack_from("!H", packet, at + 4)[0] == ident
+    return len(packet) >= 48 and packet[0] >> 4 == 6 and packet[6] == PROTO_ICMPV6 \
+        and packet[40] == 129 and struct.unpack_from("!H", packet, 44)[0] == ident
+
+
+def wait_link_ready(tun: Tun, syn: bytes, timeout: float = LINK_WAIT) -> None:
+    """Return once the kernel's packets come back through the device: an echo is answered.
+
+    Attaching to the device turns its carrier on, but the kernel sends
+    through it only after its link-watch work has run, a moment later; what
+    it sends before is dropped.  A SYN written in that moment loses its
+    SYN-ACK: the kernel resends it after 1 s (a 1 s RTT, or none without
+    timestamps), or never when it answered with a SYN cookie.  A device
+    that is down refuses writes (EIO) until it is up.
+    """
+    if len(syn) < 40 or syn[0] >> 4 not in (4, 6):
+        return  # no addresses to probe with; the conversation reports the SYN as unreadable
+    ident = os.getpid() & 0xFFFF
+    deadline = time.monotonic() + timeout
+    for seq in range(1, 1 + int(timeout / PROBE_EVERY)):
+        try:
+            tun.write(echo_request(syn, ident, seq))
+        except OSError:
+            pass  # the device is down: wait and try again
+        wait = min(deadline, time.monotonic() + PROBE_EVERY)
+        for _ in range(MAX_PACKETS_PER_PHASE):
+            packet = tun.read(wait)
+            if packet is None:
+                break
+            if is_echo_reply(packet, ident):
+                return
+        if time.monotonic() >= deadline:
+            return  # the conversations will say what goes wrong
+
+
 def wait_ipv6_ready(tun: str, timeout: float = 3.0) -> None:
     """Wait until no IPv6 address on ``tun`` is tentative (it drops SYNs)."""
     deadline = time.monotonic() + timeout
@@ -302,8 +364,10 @@ def converse(tun: Tun, spec: dict) -> dict:
     #    a TIME_WAIT socket of an earlier connection with this 4-tuple took
     #    the SYN (its ISN was not higher): like a real host, reset that
     #    socket and send the same SYN again, once.
+    on_the_wire = [bytes.fromhex(piece) for piece in spec.get("wire") or ()] or [syn]
     flow.started = time.monotonic()
-    tun.write(syn)
+    for piece in on_the_wire:
+        tun.write(piece)
     deadline = time.monotonic() + synack_timeout
     synack = None
     resent = False
@@ -323,7 +387,8 @@ def converse(tun: Tun, spec: dict) -> dict:
             break
         if flags & (SYN | ACK) == ACK and not resent:
             tun.write(flow.reset(ack))
-            tun.write(syn)
+            for piece in on_the_wire:
+                tun.write(piece)
             flow.started = time.monotonic()
             resent = result["syn_resent"] = True
     if synack is None:
@@ -334,12 +399,18 @@ def converse(tun: Tun, spec: dict) -> dict:
     flow.ts_recent = server_tsval(options)
     mss = min(server_mss(options), MAX_SEGMENT)
 
-    # 2. Hold the ACK back if asked, then ACK and send the request.
+    # 2. Hold the ACK back if asked, then ACK and send the request: the
+    #    request's first segment can be the ACK, and it can come in pieces.
     if ack_delay > 0:
         time.sleep(ack_delay)
-    tun.write(flow.segment(ACK))
-    for at in range(0, len(request), mss):
-        chunk = request[at : at + mss]
+    if not (spec.get("ack_with_request") and request):
+        tun.write(flow.segment(ACK))
+    pieces = max(1, int(spec.get("request_segments", 1)))
+    size = min(mss, max(1, -(-len(request) // pieces)))
+    for at in range(0, len(request), size):
+        if at and spec.get("segment_gap"):
+            time.sleep(float(spec["segment_gap"]))
+        chunk = request[at : at + size]
         tun.write(flow.segment(PSH | ACK, chunk))
         flow.snd_nxt = (flow.snd_nxt + len(chunk)) & 0xFFFFFFFF
 
@@ -404,6 +475,8 @@ def main() -> int:
     conversations = job["conversations"]
     if any(bytes.fromhex(c["syn"][:2])[0] >> 4 == 6 for c in conversations if c["syn"]):
         wait_ipv6_ready(tun_name)
+    if conversations:
+        wait_link_ready(tun, bytes.fromhex(conversations[0]["syn"]))
     results = [converse(tun, spec) for spec in conversations]
     json.dump({"results": results}, sys.stdout)
     sys.stdout.write("\n")

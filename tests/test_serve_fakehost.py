@@ -9,7 +9,10 @@ extension headers, IP options, odd TTLs and quirks.  Every field of every log
 line must equal what the fixture's written definition says, and the logged
 saved SYN must be the exact bytes we sent.  One connection holds its ACK back
 200 ms, and FINGERPRINT_TCP_RTT must show it.  Connections made by SYN cookie
-(no SYN saved) are served and logged with '-' fields.
+(no SYN saved) are served and logged with '-' fields.  A second server takes
+edge cases (EDGES): SYNs the kernel rewrites before saving (IPv4 record-route
+and timestamp options, fragments), and clients that hold the ACK 15 or 800 ms,
+send the request with the ACK or in pieces.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -52,9 +56,10 @@ def _replayable(case: dict) -> bool:
 
 
 #: Fixtures this kernel drops before any socket sees them (so no server can log them):
-#: a type-0 routing header (deprecated by RFC 5095) and destination options
-#: padded with PadN of more than 7 bytes (Linux rejects such padding).  They are still sent,
-#: and must get no answer (test_the_fixtures_left_out_are_dropped_by_the_kernel).
+#: a type-0 routing header with one segment left (Linux routes along no type-0
+#: header, deprecated by RFC 5095; with none left it is accepted, see EDGES) and
+#: destination options padded with PadN of more than 7 bytes (Linux rejects such padding).
+#: They are still sent, and must get no answer (test_the_fixtures_left_out_are_dropped_by_the_kernel).
 KERNEL_DROPS = {"ipv6_routing", "ipv6_dest_opts", "ipv6_hop_and_dest"}
 
 CASES = sorted(
@@ -210,3 +215,179 @@ def test_a_connection_made_by_syn_cookie_is_served_and_logged_with_dashes(tmp_pa
         info = bytes.fromhex(record["FINGERPRINT_TCP_INFO"])
         assert len(info) >= 104 and info[0] == 1, record  # TCP_ESTABLISHED at accept
         assert int(record["FINGERPRINT_TCP_RTT"]) == int.from_bytes(info[68:72], "little")
+
+
+# --------------------------------------------------------------------------
+# Edge cases beyond the corpus: what the kernel does to a SYN before it saves
+# it, and clients that hold the ACK, send the request with it or in pieces.
+# The saved SYN is what the kernel kept, so each case says how that differs
+# from what was written (docs/fields.md, "Where the bytes come from").
+
+EDGE_PORT = 8081
+TS_LAYOUT = [("MSS", 1400), ("SAckOK", b""), ("Timestamp", (4242, 0)), ("NOP", None), ("WScale", 7)]
+NO_TS_LAYOUT = [("MSS", 1400), ("NOP", None), ("WScale", 7), ("NOP", None), ("NOP", None), ("SAckOK", b"")]
+OUR_V4 = bytes((198, 18, 0, 1))
+MS_PER_DAY = 86_400_000
+
+
+def _with_ip_options(ip_options: bytes, **kw) -> bytes:
+    from synbuild import _with_ipv4_options
+
+    return _with_ipv4_options(build_syn(EDGE_PORT, **kw), ip_options)
+
+
+def _ipv4_fragments(packet: bytes, cut: int) -> tuple[bytes, ...]:
+    """``packet`` as two IPv4 fragments, the first with ``cut`` bytes of TCP (a multiple of 8)."""
+    from synbuild import _with_ipv4_options
+
+    ihl = (packet[0] & 15) * 4
+    out = []
+    for offset, data, more in ((0, packet[ihl:ihl + cut], 1), (cut, packet[ihl + cut:], 0)):
+        header = bytearray(packet[:20])
+        header[6:8] = (more << 13 | offset // 8).to_bytes(2, "big")
+        out.append(_with_ipv4_options(bytes(header) + data, packet[20:ihl]))  # fixes length, checksum
+    return tuple(out)
+
+
+def _ipv6_fragments(packet: bytes, cut: int) -> tuple[bytes, ...]:
+    """``packet`` (no extension headers) as two fragments, the first with ``cut`` bytes of TCP."""
+    out = []
+    for offset, data, more in ((0, packet[40:40 + cut], 1), (cut, packet[40 + cut:], 0)):
+        header = bytearray(packet[:40])
+        header[4:6] = (8 + len(data)).to_bytes(2, "big")
+        header[6] = 44
+        out.append(bytes(header) + bytes((6, 0)) + (offset | more).to_bytes(2, "big") + b"\0\0\x12\x34" + data)
+    return tuple(out)
+
+
+def _record_route(sent: bytes) -> tuple[bytes, set[int]]:
+    """An empty record-route slot gets our address and the pointer moves on."""
+    kept = bytearray(sent)
+    kept[22] += 4
+    kept[23:27] = OUR_V4
+    return bytes(kept), set()
+
+
+def _timestamp(sent: bytes) -> tuple[bytes, set[int]]:
+    """A timestamp option gets this host's time in its first slot (RFC 791: ms since midnight UT)."""
+    kept = bytearray(sent)
+    kept[22] += 4
+    return bytes(kept), set(range(24, 28))
+
+
+def _timestamp_full(sent: bytes) -> tuple[bytes, set[int]]:
+    """A full timestamp option gets its overflow count raised."""
+    kept = bytearray(sent)
+    kept[23] += 0x10
+    return bytes(kept), set()
+
+
+def _after_eol_zeroed(sent: bytes) -> tuple[bytes, set[int]]:
+    kept = bytearray(sent)
+    kept[21:24] = b"\0\0\0"
+    return bytes(kept), set()
+
+
+def _as_sent(sent: bytes) -> tuple[bytes, set[int]]:
+    return sent, set()
+
+
+_V4_PIECES = build_syn(EDGE_PORT, df=False, ip_id=0x7777, options=TS_LAYOUT)
+_V6_PIECES = build_syn(EDGE_PORT, version=6, options=TS_LAYOUT)
+
+
+def _v6_chain() -> bytes:
+    from scapy.layers.inet6 import (IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop,
+                                    IPv6ExtHdrRouting, RouterAlert)
+
+    return build_syn(EDGE_PORT, version=6, tos=0x03, flow_label=0xABCDE, options=TS_LAYOUT, ext_headers=[
+        IPv6ExtHdrHopByHop(options=[RouterAlert()]), IPv6ExtHdrDestOpt(),
+        IPv6ExtHdrRouting(type=0, segleft=0, addresses=["2001:db8::77"]),  # already at its end
+        IPv6ExtHdrFragment(offset=0, m=0, id=7)])  # an atomic fragment
+
+
+#: name -> (the conversation, what the kernel keeps of its SYN, fields to check)
+EDGES: dict[str, tuple[Conversation, object, dict[str, str]]] = {
+    "ipv4_record_route": (
+        Conversation(_with_ip_options(bytes((7, 7, 4)) + bytes(5), options=TS_LAYOUT)),
+        _record_route, {"FINGERPRINT_IP_OLEN": "8"}),
+    "ipv4_timestamp": (
+        Conversation(_with_ip_options(bytes((68, 12, 5, 0)) + bytes(8), options=TS_LAYOUT)),
+        _timestamp, {"FINGERPRINT_IP_OLEN": "12"}),
+    "ipv4_timestamp_full": (
+        Conversation(_with_ip_options(bytes((68, 8, 9, 0)) + b"\x01\x02\x03\x04", options=TS_LAYOUT)),
+        _timestamp_full, {"FINGERPRINT_IP_OLEN": "8"}),
+    "ipv4_bytes_after_eol": (
+        Conversation(_with_ip_options(b"\x01\x00\xaa\xbb", options=TS_LAYOUT)),
+        _after_eol_zeroed, {"FINGERPRINT_IP_OLEN": "4"}),
+    "ipv4_fragmented": (
+        Conversation(_V4_PIECES, wire=_ipv4_fragments(_V4_PIECES, 24)),
+        _as_sent, {"FINGERPRINT_IP_DF": "0", "FINGERPRINT_QUIRKS": ""}),
+    "ipv4_fragmented_last_first": (
+        Conversation(_V4_PIECES, wire=_ipv4_fragments(_V4_PIECES, 8)[::-1]),
+        _as_sent, {"FINGERPRINT_IP_ID": "30583"}),
+    "ipv6_fragmented": (
+        Conversation(_V6_PIECES, wire=_ipv6_fragments(_V6_PIECES, 24)),
+        _as_sent, {"FINGERPRINT_IP_OLEN": "0"}),
+    "ipv6_chain_with_atomic_fragment": (
+        Conversation(_v6_chain()),
+        _as_sent, {"FINGERPRINT_IP_OLEN": "48", "FINGERPRINT_IP_ECN": "3", "FINGERPRINT_QUIRKS": "ecn,flow"}),
+    "request_with_the_ack": (
+        Conversation(build_syn(EDGE_PORT, options=NO_TS_LAYOUT), ack_with_request=True, ack_delay=0.06),
+        _as_sent, {"FINGERPRINT_TCP_OPTIONS": "2,1,3,1,1,4"}),
+    "request_in_pieces": (
+        Conversation(build_syn(EDGE_PORT, version=6, options=TS_LAYOUT), request_segments=4,
+                     segment_gap=0.02),
+        _as_sent, {}),
+    **{f"hold_{ms}ms_{'ts' if layout is TS_LAYOUT else 'no_ts'}": (
+        Conversation(build_syn(EDGE_PORT, options=layout), ack_delay=ms / 1000), _as_sent, {})
+       for ms in (15, 800) for layout in (TS_LAYOUT, NO_TS_LAYOUT)},
+}
+
+
+@pytest.fixture(scope="module")
+def edges_served(tmp_path_factory):
+    need_root()
+    need(os.path.exists("/dev/net/tun"), "needs /dev/net/tun")
+    log = tmp_path_factory.mktemp("edges") / "access.log"
+    conversations = [replace(conversation, request=f"GET /{name} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+                     for name, (conversation, _, _) in EDGES.items()]
+    with Namespace() as ns:
+        server = ns.popen([sys.executable, "-m", "tcpfp_cli", "serve", "--port", str(EDGE_PORT),
+                           "--log", str(log), "--log-format", FORMAT])
+        wait_for_port(ns, EDGE_PORT, timeout=15)
+        results = replay(ns, conversations, port=EDGE_PORT)
+        ns.stop(server)
+        assert server.returncode == 0
+    fmt = compile_format(FORMAT)
+    records: dict[str, list] = {}
+    for line in log.read_text().splitlines():
+        record = fmt.parse(line)
+        records.setdefault(record["request"].split(" ")[1][1:], []).append(record)
+    yield dict(zip(EDGES, results)), records
+
+
+@pytest.mark.parametrize("name", EDGES)
+def test_an_edge_case_is_served_with_the_syn_the_kernel_kept(edges_served, name):
+    results, records = edges_served
+    assert results[name].ok, results[name].error
+    [record] = records[name]  # one line for the one request
+    assert record["status"] == "200"
+    conversation, kept_of, fields = EDGES[name]
+    expected, unknown = kept_of(conversation.syn)
+    saved = bytes.fromhex(record["FINGERPRINT_SAVED_SYN"])
+    assert len(saved) == len(expected)
+    assert [b for i, b in enumerate(saved) if i not in unknown] == [
+        b for i, b in enumerate(expected) if i not in unknown]
+    if unknown:
+        assert int.from_bytes(saved[min(unknown):max(unknown) + 1], "big") < MS_PER_DAY
+    assert {name: record[name] or "" for name in fields} == fields
+
+
+@pytest.mark.parametrize("name", [name for name in EDGES if EDGES[name][0].ack_delay])
+def test_a_held_ack_is_the_rtt_with_or_without_timestamps(edges_served, name):
+    """The kernel's sample spans the hold (it cannot be shorter); 60 ms above allows for a busy machine."""
+    _, records = edges_served
+    [record] = records[name]
+    hold_us = EDGES[name][0].ack_delay * 1_000_000
+    assert hold_us <= int(record["FINGERPRINT_TCP_RTT"]) <= hold_us + 60_000
