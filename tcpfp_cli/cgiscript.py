@@ -5,6 +5,8 @@ involved (the script is executed directly), only regular executable files
 whose real path lies inside the CGI directory are run, each run has a
 timeout after which the script is killed, and its output is read up to a
 bound.  Anything that goes wrong is a 500 for the client and a log line.
+PATH_INFO never holds a ``.`` or ``..`` segment, and a script inherits no
+descriptor of the server but its own stdin, stdout and stderr.
 """
 
 from __future__ import annotations
@@ -40,7 +42,27 @@ def resolve(cgi_dir: Path, path: bytes) -> tuple[Path, str, str]:
         raise CgiFailure(404, "no such script")
     if not os.access(script, os.X_OK):
         raise CgiFailure(403, "script is not executable")
+    if any(segment in (".", "..") for segment in info.split("/")):
+        # Apache removes dot segments (also %-encoded ones) before a script sees the path,
+        # and scripts that open files by PATH_INFO count on it (RFC 3875 4.1.5 lets us refuse).
+        raise CgiFailure(404, "no such script")
     return script, "/cgi-bin/" + name, ("/" + info) if info else ""
+
+
+def no_inherited_descriptors() -> None:
+    """Make every descriptor this process holds now close-on-exec.
+
+    The server opens all of its own close-on-exec, and the stdlib loop runs a
+    script with ``close_fds``; uvloop has no ``close_fds``, so a descriptor the
+    server inherited from whatever started it (a supervisor's pipe or socket)
+    reached every script.  Called once at start-up, before anything is opened.
+    """
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2:
+            try:
+                os.set_inheritable(int(name), False)
+            except OSError:
+                pass  # the listing's own descriptor, closed by now
 
 
 #: The end of a CGI header section: the first empty line, each line ending in LF or CR LF.

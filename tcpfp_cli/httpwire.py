@@ -218,13 +218,24 @@ def read_plain_head(buffer: bytes, limits: Limits = Limits()) -> tuple[RequestHe
     return _parse_plain(buffer[:end] if end < len(buffer) else buffer, plain, limits), end
 
 
-def read_head(buffer: bytes | bytearray, limits: Limits = Limits()) -> tuple[RequestHead, int] | None:
+def read_head(buffer: bytes | bytearray, limits: Limits = Limits(), seen: int = 0) -> tuple[RequestHead, int] | None:
     """The request head at the start of ``buffer`` and its length, or None while it is
     still incomplete; ``BadRequest`` when it cannot be one.
 
     The plain head in one step (``read_plain_head``), any other through ``scan`` and
     ``parse_head``.  Only as much of ``buffer`` as a head may hold is looked at.
+
+    ``seen``: the length ``buffer`` had when the last call answered None (the
+    bytes since were appended).  If none of them ends a line, and the request
+    line had ended, only a length limit can change that answer: the rest is
+    not looked at again, so a head that arrives in many small pieces costs
+    time in proportion to its size, not to its size times the pieces.
     """
+    if 0 < seen < len(buffer) and buffer.find(b"\n", seen) < 0:
+        line_start = buffer.rfind(b"\n", 0, seen) + 1  # at most a line back: longer ones were refused
+        if (line_start and len(buffer) - line_start <= limits.line_bytes + 1
+                and len(buffer) <= (limits.line_bytes + 2) * (limits.max_headers + 1)):
+            return None
     room = (limits.line_bytes + 2) * (limits.max_headers + 2)
     window = bytes(buffer) if len(buffer) <= room else bytes(buffer[:room])
     plain = read_plain_head(window, limits)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import _socket  # accepted sockets: the C socket type, no Python __init__ per connection
 import asyncio
 import errno
+import fcntl
 import ipaddress
 import json
 import os
@@ -86,6 +87,8 @@ ACCEPT_BATCH = 128
 ACCEPT_RETRY_DELAY = 1.0
 #: Log bytes held while the log cannot be written (a full disk, a gone reader), for when it can.
 LOG_BACKLOG = 1 << 20
+#: The mode of a log file the server creates (the umask may take more away).
+LOG_MODE = 0o644
 
 
 class StartupError(TcpfpError):
@@ -194,9 +197,14 @@ def drop_privileges(user: str) -> None:
         entry = pwd.getpwnam(user)
     except KeyError:
         raise StartupError(f"--user {user!r}: no such user") from None
-    os.setgroups([])
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
+    if os.geteuid() != 0 and os.getuid() == os.geteuid() == entry.pw_uid:
+        return  # already that user: a worker that the parent of --workers started again
+    try:
+        os.setgroups([])  # root's supplementary groups go too; then the group, then the user
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+    except PermissionError:
+        raise StartupError(f"--user {user!r}: only root can become another user") from None
 
 
 # --------------------------------------------------------------------------- the log
@@ -207,9 +215,9 @@ class AccessLog:
 
     Each flush is one ``write`` to a file opened with O_APPEND, which Linux
     never interleaves with another process's write to the same file, so
-    workers can share a log.  A pipe (stdout) only guarantees that for writes
-    of up to PIPE_BUF bytes, so a shared stdout log is written in chunks of
-    whole lines that fit.
+    workers can share a log.  A pipe or socket (stdout) only guarantees that
+    for writes of up to PIPE_BUF bytes, and any client can make a longer line,
+    so workers that share stdout take turns (``_write_shared_stdout``).
 
     A log that cannot be written (a full disk, a reader of stdout that has
     gone) does not stop the server and gives no traceback: one line on stderr
@@ -220,10 +228,21 @@ class AccessLog:
     line cut there is finished, never glued to the start of another.
     """
 
-    def __init__(self, path: str | None, shared: bool = False) -> None:
+    def __init__(self, path: str | None, shared: bool = False, fallback: IO[bytes] | None = None) -> None:
         self.path = path
         self.shared = shared
-        self.stream: IO[bytes] = self._open()
+        try:
+            self.stream: IO[bytes] = self._open()
+        except StartupError as error:
+            if fallback is None:
+                raise
+            # A worker that the parent of --workers --user started again, unprivileged:
+            # it writes to the log the parent opened as root, until a SIGHUP.
+            print(f"tcpfp: {error}; writing to the log file the parent holds", file=sys.stderr)
+            self.stream = fallback
+        else:
+            if fallback is not None and path is not None:
+                fallback.close()  # this process's copy: it would keep a rotated file open
         self.pending: list[str] = []
         self.lines = 0
         self.written = 0.0  # time.monotonic() of the last write
@@ -236,7 +255,10 @@ class AccessLog:
         if self.path is None:
             return sys.stdout.buffer
         try:
-            return open(self.path, "ab", buffering=0)
+            # Created 0644 (less under a stricter umask): never writable by others, whatever
+            # the umask a service manager gave us; an existing file keeps its mode.
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_MODE)
+            return open(fd, "ab", buffering=0)
         except OSError as error:
             raise StartupError(f"cannot open log {self.path}: {error.strerror}") from None
 
@@ -260,10 +282,32 @@ class AccessLog:
         self.lines += len(self.pending)
         self.pending.clear()
         data, self.held = self.held + data, b""
-        if self.shared and self.path is None and len(data) > select.PIPE_BUF:
-            self._write_in_pipe_chunks(data)
+        if self.shared and self.path is None:
+            self._write_shared_stdout(data)
         else:
             self._write_all(data)
+
+    def _write_shared_stdout(self, data: bytes) -> None:
+        """Write while holding a POSIX lock on stdout, which one process holds at a time.
+
+        Without it, a line longer than PIPE_BUF (8 KiB of request line is 32 KiB
+        escaped) was cut at the pipe's page boundaries with other workers' lines
+        in between, and its rest began a line of its own.  A stdout that takes
+        no lock still gets whole lines of up to PIPE_BUF bytes.
+        """
+        fd = self.stream.fileno()
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+        except OSError:
+            self._write_in_pipe_chunks(data)
+            return
+        try:
+            self._write_in_pipe_chunks(data)
+        finally:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_UN)
+            except OSError:
+                pass
 
     def _write_all(self, data: bytes, then: bytes = b"") -> bool:
         """Write all of ``data``, continuing short writes; hold what the log refuses, and ``then``."""
@@ -528,7 +572,7 @@ class Connection(asyncio.Protocol):
         "server", "transport", "obs", "remote", "local", "buffer", "requests", "timer", "deadline",
         "sock",
         "started", "busy", "closing", "head", "body_left", "body", "blank_lines",
-        "half_closed", "obs_now", "received", "write_paused", "unsent",
+        "half_closed", "obs_now", "received", "write_paused", "unsent", "seen",
     )
 
     def __init__(self, server: Server) -> None:
@@ -549,6 +593,7 @@ class Connection(asyncio.Protocol):
         self.received = 0  # bytes of the current request so far, head and body (%I)
         self.write_paused = False  # the client does not read our answers as fast as it asks
         self.unsent = -1  # bytes of answers not sent when the send timer was set (-1: none set)
+        self.seen = 0  # the buffer's length when it last held an incomplete head (read_head)
 
     # -- accept ----------------------------------------------------------------
     def accepted(self, sock: _socket.socket, address: tuple, local: tuple[str, int] | None) -> None:
@@ -710,7 +755,8 @@ class Connection(asyncio.Protocol):
         self.closing = True
         if self.timer is not None:
             self.timer.cancel()
-        self.server.connections.discard(self)
+        if not self.busy:  # a script still answering keeps the slot until it ends (_run_cgi)
+            self.server.connections.discard(self)
         self.server.idle_check()
 
     def pause_writing(self) -> None:
@@ -828,7 +874,7 @@ class Connection(asyncio.Protocol):
             if self.head is not None:  # reading a body
                 take = min(self.body_left, len(self.buffer))
                 if take:
-                    if self.server.cgi_dir is not None:
+                    if self.server.runs_script(self.head):  # any other body is dropped as it comes
                         self.body += self.buffer[:take]
                     del self.buffer[:take]
                     self.received += take
@@ -848,14 +894,16 @@ class Connection(asyncio.Protocol):
             if self.buffer == b"\r":  # an empty line's CR, its LF in the next segment
                 return
             try:
-                found = read_head(self.buffer, config.limits)
+                found = read_head(self.buffer, config.limits, self.seen)
             except BadRequest as error:
                 self.received = len(self.buffer)
                 self.buffer.clear()
                 self._reject(error)
                 return
             if found is None:
+                self.seen = len(self.buffer)  # only appended to until the next look
                 return  # the rest of the head is still to come
+            self.seen = 0
             head, end = found
             del self.buffer[:end]
             self.received = end
@@ -887,7 +935,7 @@ class Connection(asyncio.Protocol):
             if obs.deny is not None and obs.deny.action == "403" and not server.config.deny_dry_run:
                 self._finish(head, 403, b"403 Forbidden\n", "text/plain", False, obs)
                 return
-        if server.cgi_dir is not None and head.path.startswith(b"/cgi-bin/"):
+        if server.runs_script(head):
             self.busy = True
             if self.timer is not None:
                 self.timer.cancel()  # the script has --cgi-timeout, not the request timeout
@@ -988,9 +1036,10 @@ class Connection(asyncio.Protocol):
         from .cgiscript import run_cgi
 
         server = self.server
+        given, self.body = bytes(self.body), bytearray()  # the connection keeps no body
         try:
             status, headers, body = await run_cgi(
-                server.cgi_dir, head, bytes(self.body), self._cgi_environment(head, obs),
+                server.cgi_dir, head, given, self._cgi_environment(head, obs),
                 timeout=server.config.cgi_timeout, max_output=server.config.cgi_max_output,
             )
         except asyncio.CancelledError:  # the server stops: the script was killed; log the request
@@ -1004,6 +1053,7 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()  # paused (data_received) while the script ran
         if self.closing or self.transport.is_closing():
             self._log(head.request_line, head, status, 0, obs)  # the client left meanwhile
+            server.connections.discard(self)  # its slot, kept while the script ran
             return
         ctype = next((v for k, v in headers if k.lower() == "content-type"), "text/plain")
         extra = [(k, v) for k, v in headers if k.lower() not in ("content-type", "content-length", "status")]
@@ -1072,7 +1122,8 @@ def open_listeners(config: ServerConfig, *, reuse_port: bool = False) -> list[so
 class Server:
     """One event loop serving its listening sockets (one per worker process)."""
 
-    def __init__(self, config: ServerConfig, sockets: list[socket.socket]) -> None:
+    def __init__(self, config: ServerConfig, sockets: list[socket.socket],
+                 log_fallback: IO[bytes] | None = None) -> None:
         self.config = config
         self.connections: set[Connection] = set()
         self.scripts: set[asyncio.Task] = set()  # CGI requests being answered (``run_script``)
@@ -1097,9 +1148,12 @@ class Server:
             mapped = getattr(address, "ipv4_mapped", None)
             if not (address.is_unspecified or (mapped is not None and mapped.is_unspecified)):
                 self._local[sock] = (_client_address(host), port)
-        self.log = AccessLog(config.log_path, shared=config.workers > 1)
+        self.log = AccessLog(config.log_path, shared=config.workers > 1, fallback=log_fallback)
         if config.user:
             drop_privileges(config.user)
+
+    def runs_script(self, head: RequestHead) -> bool:
+        return self.cgi_dir is not None and head.path.startswith(b"/cgi-bin/")
 
     def _accept(self, listener: socket.socket) -> None:
         """Take the waiting connections of a listening socket (it is readable)."""
@@ -1220,10 +1274,16 @@ def serve(config: ServerConfig, loop_name: str = "auto") -> None:
     With ``config.workers`` > 1, each worker is a forked process with its own
     listening sockets on the same addresses (SO_REUSEPORT, so the kernel
     spreads connections), all opened here first so that a start-up error is
-    still one line and exit 2.  The parent only forwards signals and waits.
+    still one line and exit 2.  The parent only forwards signals and waits;
+    it keeps the log open (and reopens it on SIGHUP) for a worker it starts
+    again once --user has taken root away, which may not open the log itself.
     """
-    if config.cgi_dir is not None and not config.cgi_dir.is_dir():
-        raise StartupError(f"--cgi-dir {config.cgi_dir}: not a directory")
+    if config.cgi_dir is not None:
+        if not config.cgi_dir.is_dir():
+            raise StartupError(f"--cgi-dir {config.cgi_dir}: not a directory")
+        from .cgiscript import no_inherited_descriptors
+
+        no_inherited_descriptors()
     if config.workers < 1:
         raise StartupError("--workers must be at least 1")
     check_limits(config)
@@ -1232,17 +1292,22 @@ def serve(config: ServerConfig, loop_name: str = "auto") -> None:
         server = Server(config, open_listeners(config))
         runner(server.run())
         return
-    AccessLog(config.log_path, shared=True).close()  # fail now, not in every worker
+    # Fail now, not in every worker; kept for a worker started again after --user took root away.
+    log = AccessLog(config.log_path, shared=True)
     per_worker = [open_listeners(config, reuse_port=True) for _ in range(config.workers)]
     config.max_connections = max(1, config.max_connections // config.workers)
-    _supervise(config, per_worker, runner)
+    try:
+        _supervise(config, per_worker, runner, log)
+    finally:
+        log.close()
 
 
 #: The signals the parent of ``--workers`` forwards to its workers.
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def _supervise(config: ServerConfig, per_worker: list[list[socket.socket]], runner: Callable) -> None:
+def _supervise(config: ServerConfig, per_worker: list[list[socket.socket]], runner: Callable,
+               log: AccessLog) -> None:
     children: dict[int, int] = {}  # pid -> worker index
 
     def start(index: int) -> None:
@@ -1269,7 +1334,7 @@ def _supervise(config: ServerConfig, per_worker: list[list[socket.socket]], runn
                     if other != index:
                         for sock in sockets:
                             sock.close()
-                runner(Server(config, per_worker[index]).run())
+                runner(Server(config, per_worker[index], log.stream).run())
             except BaseException as error:  # noqa: BLE001 - a worker must report, then exit
                 print(f"tcpfp: worker {index}: {error}", file=sys.stderr)
                 code = 1
@@ -1282,6 +1347,8 @@ def _supervise(config: ServerConfig, per_worker: list[list[socket.socket]], runn
         nonlocal stopping
         if signum in (signal.SIGTERM, signal.SIGINT):
             stopping = True
+        elif signum == signal.SIGHUP:
+            log.reopen()  # what a worker started again writes to if it cannot open the log
         for pid in list(children):
             try:
                 os.kill(pid, signal.SIGTERM if signum == signal.SIGINT else signum)

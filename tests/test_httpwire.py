@@ -257,3 +257,28 @@ def test_read_head_finds_whole_heads_of_either_kind(buffer, request_line, end):
 def test_read_head_refuses_what_cannot_be_a_head():
     with pytest.raises(BadRequest):
         read_head(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n")
+
+
+def _read(buffer: bytes, limits: httpwire.Limits, seen: int = 0):
+    try:
+        return read_head(buffer, limits, seen)
+    except BadRequest as error:
+        return (error.status, error.reason, error.request_line)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(REQUEST_LINES), st.lists(st.sampled_from(FIELD_LINES + [b"X-Long: " + b"l" * 60]), max_size=6),
+       st.sampled_from([b"\r\n", b"\n"]), st.binary(max_size=20), st.lists(st.integers(1, 40), max_size=30),
+       st.sampled_from([httpwire.Limits(), httpwire.Limits(max_line=50, max_headers=2)]))
+def test_a_head_read_piece_by_piece_gets_the_answer_it_gets_whole(request_line, fields, eol, rest, cuts, limits):
+    """``seen`` (the length of the last incomplete look) only saves work: every prefix of a
+    head, each read knowing the last incomplete one, gets the answer it gets alone."""
+    data = b"".join(line + eol for line in [request_line, *fields]) + eol + rest
+    seen, at = 0, 0
+    for cut in [*cuts, len(data)]:
+        at = min(len(data), at + cut)
+        answer = _read(data[:at], limits, seen)
+        assert answer == _read(data[:at], limits)
+        if answer is not None:
+            break
+        seen = at
