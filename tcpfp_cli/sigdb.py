@@ -449,6 +449,10 @@ class _FileParser:
         if not _is_name(name):
             raise _Bad(f"name {name!r} is empty or has characters other than letters, digits "
                        f"and {''.join(sorted(NAME_CHARS))!r}")
+        if any(c in '"\\' or not " " <= c <= "~" for c in flavor):
+            # The label is written into log lines as it is (FINGERPRINT_OS, quoted in the default
+            # format): a quote, backslash or control byte there would break or forge the line.
+            raise _Bad(f"flavor {flavor!r} holds a quote, a backslash or a character that is not printable ASCII")
         self.label = Label(generic, os_class, self.name(name), flavor, (), number)
         self.labels.append(self.label)
         self.state = "sys" if os_class == TOOL_CLASS else "sig"

@@ -141,6 +141,11 @@ MALFORMED_FILES = [
     ("classes = unix\n[tcp:request]\nlabel s:unix:A:1\n", 3, "expected 'name = value'"),
     ("classes = unix\n[tcp:request]\nlabels = s:unix:A:1\n", 3, "unknown statement 'labels'"),
     ("classes = unix\n[tcp:request]\nua_os = Linux\n", 3, "'ua_os'"),
+    # a flavor goes into log lines as it is: nothing there may break or forge a quoted field
+    ("classes = unix\n[tcp:request]\nlabel = s:unix:A:2.6 \"x\n", 3, "holds a quote"),
+    ("classes = unix\n[tcp:request]\nlabel = s:unix:A:2.6\\\n", 3, "a backslash"),
+    ("classes = unix\n[tcp:request]\nlabel = s:unix:A:2.6\x1b[1m\n", 3, "not printable ASCII"),
+    ("classes = unix\n[tcp:request]\nlabel = s:unix:A:caf\u00e9\n", 3, "not printable ASCII"),
     ("[mtu]\nlabel = \n", 2, "empty MTU label"),
     ("[mtu]\nlabel = Ethernet\nsig = 15x0\n", 3, "MTU"),
     # p0f refuses a signature that an earlier specific one already matches exactly
