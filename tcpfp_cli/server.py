@@ -1284,6 +1284,8 @@ def serve(config: ServerConfig, loop_name: str = "auto") -> None:
         from .cgiscript import no_inherited_descriptors
 
         no_inherited_descriptors()
+        if os.geteuid() == 0 and not config.user:
+            print("tcpfp: warning: --cgi-dir without --user: scripts run as root", file=sys.stderr)
     if config.workers < 1:
         raise StartupError("--workers must be at least 1")
     check_limits(config)

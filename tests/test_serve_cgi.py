@@ -378,6 +378,23 @@ def test_an_interim_status_from_a_script_is_a_failure(site):
     assert status == 500 and record["status"] == "500"
 
 
+def test_scripts_run_as_root_only_with_a_warning(tmp_path, cgi_dir):
+    """Run as root without --user, scripts are root: the operator is told once, at start."""
+    assert os.geteuid() == 0  # the tests run as root (README)
+    served = serve_cgi(tmp_path, cgi_dir)
+    try:
+        status, _, body = split_response(get(served.port, "/cgi-bin/env.sh"))
+    finally:
+        served.stop()
+    assert status == 200
+    warnings = [line for line in served.stderr_path.read_text().splitlines() if "run as root" in line]
+    assert warnings == ["tcpfp: warning: --cgi-dir without --user: scripts run as root"]
+    (tmp_path / "plain").mkdir()
+    without_cgi = Served(tmp_path / "plain")
+    without_cgi.stop()
+    assert "run as root" not in without_cgi.stderr_path.read_text()
+
+
 def kill_leftovers(pid_file: Path, command_part: bytes) -> None:
     """Kill, by PID, the processes a script recorded, if they still run that script."""
     if not pid_file.exists():
