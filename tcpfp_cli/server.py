@@ -228,9 +228,11 @@ class AccessLog:
     line cut there is finished, never glued to the start of another.
     """
 
-    def __init__(self, path: str | None, shared: bool = False, fallback: IO[bytes] | None = None) -> None:
+    def __init__(self, path: str | None, shared: bool = False, fallback: IO[bytes] | None = None,
+                 no_symlink: bool = False) -> None:
         self.path = path
         self.shared = shared
+        self.no_symlink = no_symlink  # --user: root must not follow a link the user may have made
         try:
             self.stream: IO[bytes] = self._open()
         except StartupError as error:
@@ -257,9 +259,13 @@ class AccessLog:
         try:
             # Created 0644 (less under a stricter umask): never writable by others, whatever
             # the umask a service manager gave us; an existing file keeps its mode.
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, LOG_MODE)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            fd = os.open(self.path, flags | (os.O_NOFOLLOW if self.no_symlink else 0), LOG_MODE)
             return open(fd, "ab", buffering=0)
         except OSError as error:
+            if error.errno == errno.ELOOP and self.no_symlink:
+                raise StartupError(f"cannot open log {self.path}: it is a symbolic link, which --user "
+                                   "refuses (the user could point it at any file root writes)") from None
             raise StartupError(f"cannot open log {self.path}: {error.strerror}") from None
 
     def write(self, line: str) -> None:
@@ -1148,7 +1154,8 @@ class Server:
             mapped = getattr(address, "ipv4_mapped", None)
             if not (address.is_unspecified or (mapped is not None and mapped.is_unspecified)):
                 self._local[sock] = (_client_address(host), port)
-        self.log = AccessLog(config.log_path, shared=config.workers > 1, fallback=log_fallback)
+        self.log = AccessLog(config.log_path, shared=config.workers > 1, fallback=log_fallback,
+                             no_symlink=bool(config.user))
         if config.user:
             drop_privileges(config.user)
 
@@ -1295,7 +1302,7 @@ def serve(config: ServerConfig, loop_name: str = "auto") -> None:
         runner(server.run())
         return
     # Fail now, not in every worker; kept for a worker started again after --user took root away.
-    log = AccessLog(config.log_path, shared=True)
+    log = AccessLog(config.log_path, shared=True, no_symlink=bool(config.user))
     per_worker = [open_listeners(config, reuse_port=True) for _ in range(config.workers)]
     config.max_connections = max(1, config.max_connections // config.workers)
     try:

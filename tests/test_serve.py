@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -281,6 +282,31 @@ def test_user_drops_root_after_binding(tmp_path):
         assert uid_line.split()[1:] == ["65534"] * 4
         assert exchange("127.0.0.1", server.port, GET).startswith(b"HTTP/1.1 200")
     assert not pid_alive(server.process.pid)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_user_refuses_a_log_path_that_is_a_symbolic_link(tmp_path, workers):
+    """With --user the log's directory may be the user's; root opens the log at each start,
+    so a link the user put there could make root append to any file.  It is refused."""
+    need_root()
+    target = tmp_path / "precious"
+    target.write_bytes(b"keep me\n")
+    link = tmp_path / "access.log"
+    link.symlink_to(target)
+    process = subprocess.Popen([sys.executable, "-m", "tcpfp_cli", "serve", "--port", str(free_port()),
+                                "--log", str(link), "--user", "nobody", "--workers", workers],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # it started serving: stop it and its workers (its own group)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    assert process.returncode == 2
+    assert stderr.splitlines() == [
+        f"tcpfp: cannot open log {link}: it is a symbolic link, which --user refuses "
+        "(the user could point it at any file root writes)"]
+    assert target.read_bytes() == b"keep me\n"
 
 
 def test_workers_share_the_port_and_the_log_without_losing_or_mixing_lines(tmp_path):
