@@ -46,7 +46,9 @@ in p0f's database).
 Where we differ from p0f, on purpose, only for files p0f itself misreads or
 that we refuse: p0f reads a ``ttl-`` signature's IP option length with its
 first digit skipped (harmless for the ``0`` every real database has); we read
-it whole.  We refuse an empty numeric field, which p0f reads as 0.  We ignore
+it whole.  We refuse an empty numeric field, which p0f reads as 0, and a label flavor
+with a quote, a backslash or a character that is not printable ASCII (it
+goes into log lines as it is).  We ignore
 trailing blanks and carriage returns, which p0f keeps (and then refuses).
 HTTP signature values are not checked.  Several files are searched in the
 order given, as one file would be; "already covered" is checked per file.

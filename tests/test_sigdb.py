@@ -144,8 +144,8 @@ MALFORMED_FILES = [
     # a flavor goes into log lines as it is: nothing there may break or forge a quoted field
     ("classes = unix\n[tcp:request]\nlabel = s:unix:A:2.6 \"x\n", 3, "holds a quote"),
     ("classes = unix\n[tcp:request]\nlabel = s:unix:A:2.6\\\n", 3, "a backslash"),
-    ("classes = unix\n[tcp:request]\nlabel = s:unix:A:2.6\x1b[1m\n", 3, "not printable ASCII"),
-    ("classes = unix\n[tcp:request]\nlabel = s:unix:A:caf\u00e9\n", 3, "not printable ASCII"),
+    ("classes = unix\n[tcp:request]\nlabel = s:unix:A:2.6\x1b[1m\n", 3, "that is not printable ASCII"),
+    ("classes = unix\n[tcp:request]\nlabel = s:unix:A:caf\u00e9\n", 3, "not printable"),
     ("[mtu]\nlabel = \n", 2, "empty MTU label"),
     ("[mtu]\nlabel = Ethernet\nsig = 15x0\n", 3, "MTU"),
     # p0f refuses a signature that an earlier specific one already matches exactly
