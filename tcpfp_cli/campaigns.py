@@ -13,7 +13,9 @@ protocol) and replaces what varies by placeholders:
 ``<host>``    the host name of a URL (``scheme://host``)
 ``:<port>``   a port after an address, a host or a placeholder
 ``<hex>``     a run of 16 or more hexadecimal digits (hashes, tokens)
-``<tok>``     a run of 24 or more letters, digits, ``_`` or ``-`` mixing letters and digits
+``<tok>``     a run of 24 or more letters, digits, ``_``, ``-`` or ``+`` mixing letters and digits,
+              with the ``=`` or ``==`` that pads base64 to its length (percent-encoded, the
+              words that ``%2B`` joins to it and its ``%3D`` padding)
 ``<n>``       a number standing alone (not part of a word such as ``v2`` or ``x86``)
 ============  =====================================================================
 
@@ -55,13 +57,21 @@ _IP6 = re.compile(r"(?<![\w:.])\[?(?=[0-9A-Fa-f:]*::|(?:[0-9A-Fa-f]{1,4}:){7})"
 # (?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.]) and (?<![\w<])\d+(?!\w), but the regex engine can
 # skip ahead to the next digit instead of trying the look-behind at every position.
 _IP4 = re.compile(r"\d(?<![\w.]\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?![\w.])")
-_HOST = re.compile(r"(?<=://)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+(?=[:/?#]|$)")
+# A host name ends where a character that cannot be in it comes: "/", ":", but also the "}" of
+# ${jndi:ldap://x.example} or the ";" of wget+http://x.example;sh.
+_HOST = re.compile(r"(?<=://)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+(?![A-Za-z0-9.-])")
 _PORT = re.compile(r"(?<=>):\d{1,5}(?!\w)")
 _HEX = re.compile(r"(?<![A-Za-z0-9])[0-9A-Fa-f]{16,}(?![A-Za-z0-9])")
-_TOKEN = re.compile(r"(?<![\w-])(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[\w-]{24,}(?![\w-])")
+# A base64 blob is a token too: "+" is one of its letters, and its "=" padding (0 to 2, by its
+# length mod 3) goes with it, so blobs of any length are one placeholder.
+_TOKEN = re.compile(r"(?<![\w+-])(?=[\w+-]*\d)(?=[\w+-]*[A-Za-z])[\w+-]{24,}(?:={1,2}(?![\w=]))?(?![\w+-])")
+# The same blob percent-encoded: its "+" are %2B and its padding %3D, so the words that %2B
+# joins to a token (a word starts after a non-word or an escape) and the padding are the token.
+_ENCODED_BLOB = re.compile(r"(?:(?:(?<=%[0-9A-Fa-f]{2})|(?<![0-9A-Za-z_%-]))[0-9A-Za-z_-]+%2[Bb])*<tok>"
+                           r"(?:%2[Bb][0-9A-Za-z_-]*)*(?:%3[Dd]){0,2}(?![0-9A-Za-z_])")
 _NUMBER = re.compile(r"\d(?<![\w<]\d)\d*(?!\w)")
 _MATRIX = re.compile(r";([^/;=]+)=[^/;]*")
-_LONG_RUN = re.compile(r"[\w-]{16}")
+_LONG_RUN = re.compile(r"[\w+-]{16}")
 _DIGIT_OR_LONG = re.compile(r"\d|[0-9A-Za-z_-]{16,}|:")
 
 
@@ -91,7 +101,8 @@ def _tokens(text: str) -> str:
                     out.append(_plain_tokens("://" + part)[3:])  # the host of an encoded URL
                 else:
                     out.append(_plain_tokens(part))
-            return "".join(out)
+            text = "".join(out)
+            return _ENCODED_BLOB.sub("<tok>", text) if "<tok>" in text else text
     return _plain_tokens(text)
 
 

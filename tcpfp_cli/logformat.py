@@ -39,7 +39,11 @@ Parsing rules, documented once:
 - a directive between double quotes (``"%r"``) may hold any escaped text;
   a directive outside quotes cannot hold a space (``%t`` excepted: it is
   bracketed, and parses to the text between the brackets, see
-  ``CLF_TIME_FORMAT``).
+  ``CLF_TIME_FORMAT``), unless the format glues it to its neighbours with
+  characters that are not spaces (``%h\t%r\t%>s``, ``%h|%r|%{User-Agent}i``):
+  escaped text there may hold spaces but not its delimiter.  An unquoted
+  request line (``%h %t %r %>s``) holds spaces and any delimiter: it ends
+  where the rest of the line fits (see ``_delimited``).
 
 Errors: a bad format raises ``LogFormatError`` (``format``, ``position``); a
 line that does not fit raises ``LogLineError`` (``reason``, ``column``).
@@ -614,8 +618,38 @@ class _Compiler:
                 and isinstance(after, Literal)
                 and after.text.startswith('"')
             )
-            out.append(item._replace(quoted=True, pattern=_QUOTED) if quoted else item)
+            if quoted:
+                item = item._replace(quoted=True, pattern=_QUOTED)
+            elif item.kind == "text" and (item.escaped or item.letter == "g") and item.letter not in "Uq" and (
+                    item.letter == "r" or _glued(before, -1) and _glued(after, 0)):
+                item = item._replace(pattern=_delimited(item, before, after))
+            out.append(item)
         return tuple(out)
+
+
+def _delimited(item: Directive, before: Item | None, after: Item | None) -> str:
+    """The pattern of escaped text (or a text field such as ``FINGERPRINT_OS``, whose
+    labels hold spaces) between delimiters that are not spaces (a tab, "|"): it may
+    hold spaces, which Apache writes as they are (tabs, line ends and quotes it always
+    escapes).  It may not hold its delimiter (the character after it, or before
+    it at the end of the line), so that the line splits one way only, in time linear
+    in its length; except the request line (``%r``), which holds spaces whatever
+    separates the fields, and where exploits put "|": it ends at the last delimiter
+    that lets the rest of the line fit.
+    """
+    delimiter = ""
+    if item.letter != "r":
+        near = after if after is not None else before
+        delimiter = near.text[0 if near is after else -1] if isinstance(near, Literal) else ""
+    return rf'(?:[^\t\n\r\f\v"\\{re.escape(delimiter)}]|\\\S)*'
+
+
+def _glued(item: Item | None, end: int) -> bool:
+    """Whether a directive's neighbour ``item`` (None: the line's start or end) touches it
+    with a character other than a space: a tab, "|", "," ... that delimits it."""
+    if item is None:
+        return True
+    return isinstance(item, Literal) and item.text[end:][:1] not in ("", " ")
 
 
 class _Writer(NamedTuple):

@@ -467,6 +467,7 @@ class _Parser:
                 io.BytesIO(body + self.sentinel), sep=" ", header=None, names=self.names,
                 usecols=self.usecols, dtype=self.dtypes, na_values=self.na, keep_default_na=False,
                 quotechar='"', doublequote=False, engine="c", skip_blank_lines=False, low_memory=False,
+                index_col=False,  # a first line with surplus tokens is cut to the names, not read as an index
             )
         raw = raw.iloc[:-1]
         n = len(raw)

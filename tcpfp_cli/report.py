@@ -14,8 +14,10 @@ Fingerprint clusters (devices) group requests by the SYN's stable traits:
 the initial-TTL bucket (``FINGERPRINT_ITTL`` if logged, else derived from
 ``FINGERPRINT_IP_TTL``; the TTL itself varies with distance and is not a
 key), window, window scale, option layout, MSS, and DF and ECN when logged.
-``--by`` chooses other columns.  Each cluster gets a label, its
-window-to-MSS relation (``window_mss``) and an RTT-outlier flag.
+A log of ``FINGERPRINT_SAVED_SYN`` has the fields it does not log decoded
+from the SYN, once per distinct SYN text.  ``--by`` chooses other columns.
+Each cluster gets a label, its window-to-MSS relation (``window_mss``) and an
+RTT-outlier flag.
 
 Labels come from the signature databases (``oslabel``) when the log allows,
 from the best evidence it holds (``label_source``): the logged
@@ -57,14 +59,16 @@ import pandas as pd
 
 from . import forks
 from .campaigns import CampaignMatcher, normalise
-from .errors import TcpfpError, UnknownField
-from .fields import lookup
+from .errors import BadHex, MalformedSyn, TcpfpError, UnknownField
+from .fields import BY_NAME, lookup
+from .hextext import parse_hex
 from .logformat import LogFormat, compile_format
 from .logreader import (LogReader, MalformedLine, ReadStats, UnreadableInput, detect_format, line_ranges,
                         open_input, read_sample)
 from .oslabel import Labeler, PartialSyn
 from .sigdb import Match
 from .signature import INITIAL_TTLS
+from .syn import Fingerprint, parse_syn
 
 __all__ = [
     "COMMON_MSS",
@@ -90,6 +94,9 @@ RTT_OUTLIER_FACTOR = 10  # or above 10 times the log's median
 CLIENT_COLUMNS = ("remote_addr", "remote_host")
 OS, OS_MATCH, P0F = "FINGERPRINT_OS", "FINGERPRINT_OS_MATCH", "FINGERPRINT_P0F"
 DF, IP_ECN, TCP_ECN = "FINGERPRINT_IP_DF", "FINGERPRINT_IP_ECN", "FINGERPRINT_TCP_ECN"
+SAVED_SYN = "FINGERPRINT_SAVED_SYN"
+#: What the report reads from a SYN's fields: decoded from FINGERPRINT_SAVED_SYN when not logged.
+SYN_DERIVED = (*DEFAULT_KEY, TTL, HOPS, P0F)
 #: label_source values, best evidence first.
 SOURCE_LOGGED, SOURCE_DATABASE, SOURCE_PARTIAL, SOURCE_HEURISTIC = (
     "FINGERPRINT_OS", "database", "database-partial", "heuristic")
@@ -217,12 +224,21 @@ class _Plan:
     os: bool  # FINGERPRINT_OS is logged (and FINGERPRINT_OS_MATCH: os_match)
     os_match: bool
     p0f: bool  # FINGERPRINT_P0F and FINGERPRINT_TCP_WSIZE are logged, FINGERPRINT_OS is not
+    from_syn: tuple[str, ...] = ()  # fields not logged but decoded from FINGERPRINT_SAVED_SYN
 
 
 def _plan(fmt: LogFormat, by: Sequence[str] | None) -> _Plan:
+    """What to read and how to key clusters.  A SYN field the log lacks is decoded from
+    ``FINGERPRINT_SAVED_SYN`` when that is logged (``_Aggregator._syn_fields``), so a log of
+    the saved SYN alone clusters as one with every field."""
     columns = set(fmt.columns)
     ints = {d.column for d in fmt.directives if d.kind == "int"}
     derive = ITTL not in columns and TTL in columns
+    from_syn: tuple[str, ...] = ()
+    if SAVED_SYN in columns:
+        from_syn = tuple(n for n in SYN_DERIVED if n not in columns and not (n == ITTL and derive))
+        columns |= set(from_syn)
+        ints |= {n for n in from_syn if BY_NAME[n].kind == "int"}
     if by:
         key = []
         for name in by:
@@ -251,8 +267,12 @@ def _plan(fmt: LogFormat, by: Sequence[str] | None) -> _Plan:
     read = tuple(dict.fromkeys(c for c in wanted if c and c in columns and not (c == ITTL and derive)))
     if derive and ITTL in key and TTL not in read:
         read = (*read, TTL)
+    from_syn = tuple(n for n in from_syn if n in read)
+    if from_syn:
+        read = (*(c for c in read if c not in from_syn), SAVED_SYN)
     texts = frozenset(c for c in key if c in columns and c not in ints)
-    return _Plan(tuple(key), read, derive, client, texts, has_os, has_os and OS_MATCH in columns, has_p0f)
+    return _Plan(tuple(key), read, derive, client, texts, has_os, has_os and OS_MATCH in columns, has_p0f,
+                 from_syn)
 
 
 # --------------------------------------------------------------------------- aggregation
@@ -362,11 +382,34 @@ class _Aggregator:
                 arrays.append(frame[name].to_numpy(dtype=np.int64, na_value=_NA_INT))
         return arrays
 
+    def _syn_fields(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame`` with the fields of ``plan.from_syn`` decoded from its saved SYNs, each distinct
+        one once; a SYN that is missing or does not decode gives missing fields."""
+        syn = frame[SAVED_SYN].array
+        found: list[Fingerprint | None] = []
+        for text in syn.categories.tolist():
+            try:
+                found.append(parse_syn(parse_hex(text)))
+            except (BadHex, MalformedSyn):
+                found.append(None)
+        found.append(None)  # code -1: not logged
+        codes = np.asarray(syn.codes, dtype=np.int64)
+        columns: dict[str, object] = {}
+        for name in self.plan.from_syn:
+            values = [None if fp is None else getattr(fp, BY_NAME[name].member) for fp in found]  # type: ignore[arg-type]
+            if BY_NAME[name].kind == "int":
+                columns[name] = pd.array(values, dtype="Int64")[codes]
+            else:
+                columns[name] = pd.Categorical(np.asarray(values, dtype=object)[codes])
+        return frame.assign(**columns)
+
     def add(self, frame: pd.DataFrame) -> None:
         n = len(frame)
         if not n:
             return
         plan = self.plan
+        if plan.from_syn:
+            frame = self._syn_fields(frame)
         if plan.key:
             arrays = self._key_arrays(frame)
             # One integer per row for the whole key (mixed radix of per-column codes), then factorize.

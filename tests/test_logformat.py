@@ -30,6 +30,7 @@ from tcpfp_cli.logformat import (
     LogLineError,
     compile_format,
 )
+from tcpfp_cli.sigdb import Match
 from tcpfp_cli.syn import parse_syn
 from tcpfp_cli.tcpinfo import TcpInfo, parse_tcp_info
 
@@ -372,6 +373,10 @@ CUSTOM_1 = (
     " \"%{Content-Type}o\" \"%{SCRIPT}e\" %{FINGERPRINT_IP_TTL}g %{FINGERPRINT_P0F}g"
 )
 CUSTOM_2 = r"\"%r\"\t%t\t%{FINGERPRINT_QUIRKS}g\t%{FINGERPRINT_TCP_OPTIONS}g\t%%"
+# Unquoted text between tabs or "|": it holds spaces, and the request line also "|".
+TABS = r"%h\t%t\t%r\t%>s\t%{Referer}i\t%{User-Agent}i\t%{FINGERPRINT_TCP_OPTIONS}g\t%{FINGERPRINT_OS}g"
+PIPES = "%h|%r|%>s|%{FINGERPRINT_IP_TTL}g|%{FINGERPRINT_TCP_OPTIONS}g"
+UNQUOTED_R = "%h %t %r %>s %{FINGERPRINT_TCP_OPTIONS}g"  # the request line holds spaces even so
 
 
 def as_text(value: bytes) -> str | None:
@@ -380,20 +385,25 @@ def as_text(value: bytes) -> str | None:
 
 
 @pytest.mark.parametrize("raw", HOSTILE, ids=lambda b: repr(b[:24]))
-@pytest.mark.parametrize("fmt_name", ["common", "combined", "tcpfp", CUSTOM_2])
+@pytest.mark.parametrize("fmt_name", ["common", "combined", "tcpfp", CUSTOM_2, TABS, PIPES, UNQUOTED_R])
 def test_round_trip_hostile_request_lines(fmt_name: str, raw: bytes) -> None:
     fmt = compile_format(fmt_name)
-    rec = record(request_line=raw, request_headers={"user-agent": raw, "referer": raw[::-1]})
+    rec = record(request_line=raw, request_headers={"user-agent": raw, "referer": raw[::-1]},
+                 observation=OBS._replace(os=Match("unix:Linux:3.11 and newer", "exact", None, 1)))
     line = fmt.write(rec)
     assert "\n" not in line and "\r" not in line
     parsed = fmt.parse(line)
     assert parsed["request"] == as_text(raw)
-    if fmt_name in ("combined", "tcpfp"):
+    if fmt_name in ("combined", "tcpfp", TABS):
         assert parsed["header:user-agent"] == as_text(raw)
         assert parsed["header:referer"] == as_text(raw[::-1])
     if fmt_name == "tcpfp":
         assert parsed["FINGERPRINT_P0F"] == "4:64+0:0:65495:mss*1,7:mss,sok,ts,nop,ws:df,id+:0"
         assert parsed["FINGERPRINT_REQ_TOTAL_RETRANS"] == "2"
+    if fmt_name in (TABS, PIPES, UNQUOTED_R):
+        assert parsed["FINGERPRINT_TCP_OPTIONS"] == "2,4,8,1,3"
+    if fmt_name == TABS:
+        assert parsed["FINGERPRINT_OS"] == "unix:Linux:3.11 and newer"
     if fmt_name == CUSTOM_2:
         assert parsed["FINGERPRINT_QUIRKS"] == "df,id+"
         assert parsed["time"] == "14/Nov/2023:22:13:20 +0000"

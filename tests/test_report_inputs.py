@@ -135,3 +135,24 @@ def test_the_progress_bar_is_closed_and_counts_compressed_bytes(tmp_path):
     assert bar.closed
     assert bar.total == size and len(bar.done) > 2
     assert max(bar.done) <= size and bar.done[0] < size  # the share grows with the file, not at once
+
+
+COMBINED = '192.0.2.{n} - - [01/Feb/2024:10:00:00 +0000] "GET /{n} HTTP/1.1" 404 - "-" "ua/1.0"'
+
+
+@pytest.mark.parametrize("fmt, first", [
+    ("combined", COMBINED.format(n=0) + " 1234 5"),  # a log with two more fields than the format
+    ("tcpfp", line(0) + " surplus fields"),
+    ("%h %>s %b", "192.0.2.1 404 - 1 2 3"),
+    ("combined", COMBINED.format(n=0) + " " + " ".join("x" * 40)),
+], ids=["combined+2", "tcpfp+2", "no-quotes+3", "combined+40"])
+def test_a_first_line_with_surplus_fields_is_malformed_not_a_crash(tmp_path, fmt, first):
+    """The tokenizer must not take the surplus tokens of the first line for an index, or fail."""
+    rest = [COMBINED.format(n=n) if fmt == "combined" else line(n) if fmt == "tcpfp" else f"192.0.2.{n} 404 -"
+            for n in range(1, 30)]
+    log = tmp_path / "a.log"
+    log.write_text("\n".join([first, *rest]) + "\n")
+    code, out, err = invoke("--json", "--format", fmt, str(log))
+    assert code == 0, err
+    summary = json.loads(out)["summary"]
+    assert (summary["parsed"], summary["malformed"]) == (len(rest), 1)
