@@ -691,15 +691,17 @@ class Report:
                f"{s['skipped']:,} blank) in format {s['format_name'] or s['format']!r}: "
                f"{len(self.fingerprints)} fingerprint clusters, {len(self.campaigns)} campaigns"]
         if self.malformed:
-            out.append("malformed: " + "; ".join(f"{m.source}:{m.line}: {m.reason}" for m in self.malformed[:10]))
+            out.append("malformed: " + "; ".join(
+                f"{_printable(m.source)}:{m.line}: {_printable(m.reason)}" for m in self.malformed[:10]))
         fp = self.fingerprints.head(top) if top else self.fingerprints
         if len(fp):
             shown = fp.drop(columns=["top_patterns", "label_source", "label_match", "os"]).copy()
             shown["label"] = [_label_cell(r) for r in fp.to_dict("records")]
             shown.insert(shown.columns.get_loc("label") + 1, "from",
                          [_source_tag(s, m) for s, m in zip(fp["label_source"], fp["label_match"])])
-            shown["top patterns"] = [
-                "\n".join(f"{p['requests']} {p['campaign']}" for p in tops) for tops in fp["top_patterns"]]
+            shown = _printable_frame(shown)
+            shown["top patterns"] = [  # one line per pattern: escaped first, then joined
+                "\n".join(f"{p['requests']} {_printable(p['campaign'])}" for p in tops) for tops in fp["top_patterns"]]
             shown.columns = [c.removeprefix("FINGERPRINT_") for c in shown.columns]
             out += ["", "Fingerprint clusters", tabulate(shown, headers="keys", showindex=False,
                                                          missingval="-", disable_numparse=True)]
@@ -710,6 +712,7 @@ class Report:
         if len(cp):
             shown = cp.copy()
             shown["fingerprints"] = [" ".join(f) for f in cp["fingerprints"]]
+            shown = _printable_frame(shown)
             out += ["", "Campaigns", tabulate(shown.drop(columns=["description"]), headers="keys",
                                               showindex=False, missingval="-")]
         ct = self.crosstab
@@ -717,7 +720,7 @@ class Report:
             ct = ct.iloc[:top, :top]
         if ct.size:
             out += ["", "Campaigns x fingerprint clusters (requests)",
-                    tabulate(ct, headers="keys", showindex=True)]
+                    tabulate(_printable_frame(ct), headers="keys", showindex=True)]
         return "\n".join(out)
 
     def write_csv(self, directory: str | os.PathLike[str]) -> list[Path]:
@@ -742,11 +745,29 @@ class Report:
         for name, table in tables.items():
             path = folder / f"{name}.csv"
             try:
-                table.to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
+                _printable_frame(table).to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL)
             except OSError as error:
                 raise ReportError(f"--csv {path}: {error.strerror or error}") from None
             written.append(path)
         return written
+
+
+#: C0 and C1 control characters -> ``\xhh``, as the log writes them.  Request lines reach the
+#: report from clients: shown raw, an escape sequence in one would drive the reader's terminal.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def _printable(value: object) -> object:
+    """A text with its control characters escaped (anything else unchanged)."""
+    return value.translate(_CONTROLS) if isinstance(value, str) else value
+
+
+def _printable_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every text cell, the index and the column names made printable."""
+    out = frame.map(_printable)
+    out.index = out.index.map(_printable)
+    out.columns = out.columns.map(_printable)
+    return out
 
 
 def _label_cell(row: Mapping[str, Any]) -> str:

@@ -192,6 +192,35 @@ def test_tables_by_default(tmp_path):
     assert "embedded/low-memory Linux" in out and "Mozi" in out and "Boaform" in out
 
 
+def _controls(text: str) -> list[str]:
+    """The C0 (but newline) and C1 control characters of ``text``."""
+    return [c for c in text if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) < 0xA0]
+
+
+def test_escape_sequences_sent_by_clients_never_reach_the_readers_terminal(tmp_path):
+    """A client controls its request line and User-Agent, and the log keeps their bytes
+    (escaped as \\xhh, which the report reads back).  Printed raw, an OSC or CSI sequence
+    would retitle or rewrite the terminal of whoever reads the report; the tables and CSV
+    files show control characters escaped again, as the log does, and JSON as \\u escapes."""
+    line = ('198.18.0.9 - - [25/Nov/2026:20:00:00 +0000] "GET /\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m HTTP/1.1" '
+            '200 2 64 1 64240 7 "2,4,8,1,3" 1460 9000 "\\x1b[5mcurl"\n')
+    log = tmp_path / "hostile.log"
+    log.write_text(line * 3 + "\x1b[2Jnot a log line\n")
+    code, out, _ = invoke("--format", SCENARIO_FORMAT, str(log))
+    assert code == 0
+    assert _controls(out) == []
+    assert "GET /\\x1b]<n>;pwned\\x07\\x1b[2J\\x9b31m HTTP/1.1" in out  # the pattern, escaped
+    code, out, _ = invoke("--json", "--format", SCENARIO_FORMAT, str(log))
+    assert code == 0 and _controls(out) == []
+    assert [c["pattern"] for c in json.loads(out)["campaigns"]] == ["GET /\x1b]<n>;pwned\x07\x1b[2J\x9b31m HTTP/1.1"]
+    code, _, _ = invoke("--csv", str(tmp_path / "csv"), "--format", SCENARIO_FORMAT, str(log))
+    assert code == 0
+    for path in (tmp_path / "csv").glob("*.csv"):
+        assert _controls(path.read_text()) == [], path.name
+    campaigns = list(csv.DictReader((tmp_path / "csv" / "campaigns.csv").open()))
+    assert [c["pattern"] for c in campaigns] == ["GET /\\x1b]<n>;pwned\\x07\\x1b[2J\\x9b31m HTTP/1.1"]
+
+
 def test_gzip_stdin_and_several_files_add_up(tmp_path):
     text = _seed_text()
     gz = tmp_path / "seed.log.gz"
