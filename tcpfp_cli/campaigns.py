@@ -65,10 +65,6 @@ _HEX = re.compile(r"(?<![A-Za-z0-9])[0-9A-Fa-f]{16,}(?![A-Za-z0-9])")
 # A base64 blob is a token too: "+" is one of its letters, and its "=" padding (0 to 2, by its
 # length mod 3) goes with it, so blobs of any length are one placeholder.
 _TOKEN = re.compile(r"(?<![\w+-])(?=[\w+-]*\d)(?=[\w+-]*[A-Za-z])[\w+-]{24,}(?:={1,2}(?![\w=]))?(?![\w+-])")
-# The same blob percent-encoded: its "+" are %2B and its padding %3D, so the words that %2B
-# joins to a token (a word starts after a non-word or an escape) and the padding are the token.
-_ENCODED_BLOB = re.compile(r"(?:(?:(?<=%[0-9A-Fa-f]{2})|(?<![0-9A-Za-z_%-]))[0-9A-Za-z_-]+%2[Bb])*<tok>"
-                           r"(?:%2[Bb][0-9A-Za-z_-]*)*(?:%3[Dd]){0,2}(?![0-9A-Za-z_])")
 _NUMBER = re.compile(r"\d(?<![\w<]\d)\d*(?!\w)")
 _MATRIX = re.compile(r";([^/;=]+)=[^/;]*")
 _LONG_RUN = re.compile(r"[\w+-]{16}")
@@ -102,8 +98,64 @@ def _tokens(text: str) -> str:
                 else:
                     out.append(_plain_tokens(part))
             text = "".join(out)
-            return _ENCODED_BLOB.sub("<tok>", text) if "<tok>" in text else text
+            return _encoded_blobs(text) if "<tok>" in text else text
     return _plain_tokens(text)
+
+
+_WORD = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-")
+_HEXDIGITS = frozenset("0123456789ABCDEFabcdef")
+_PLUS, _PAD = ("%2B", "%2b"), ("%3D", "%3d")
+
+
+def _encoded_blobs(text: str) -> str:
+    """A percent-encoded base64 blob as one ``<tok>``: its ``+`` are ``%2B``, which cut it
+    into words of which only the long ones became ``<tok>``, and its padding is ``%3D``.
+    So the words that ``%2B`` joins to a ``<tok>`` (a word starting after an escape or a
+    character that is not part of a word) and up to two ``%3D`` after them go into it.
+
+    One pass from left to right, each character looked at a bounded number of times:
+    request lines come from clients, and a pattern that tried every start again would
+    take quadratic time on a crafted 8 KiB line.
+    """
+    out: list[str] = []
+    done, n = 0, len(text)
+    while (at := text.find("<tok>", done)) >= 0:
+        start = at
+        while start - 3 >= done and text[start - 3:start] in _PLUS:  # "word%2B" chunks before
+            word_end = s = start - 3
+            while s > done and text[s - 1] in _WORD:
+                s -= 1
+            if s > done and text[s - 1] == "%":  # the word began inside an escape: it starts after it
+                if not (text[s:s + 2] and set(text[s:s + 2]) <= _HEXDIGITS):
+                    break
+                s += 2
+            elif s == done and done and text[done - 1] in _WORD:
+                break
+            if s >= word_end:
+                break
+            start = s
+        j = at + 5
+        end = j if j == n or text[j] not in _WORD or text[j] == "-" else -1
+        while text[j:j + 3] in _PLUS:  # "%2Bword" chunks after
+            j += 3
+            while j < n and text[j] in _WORD:
+                j += 1
+            if j == n or text[j] not in _WORD or text[j] == "-":
+                end = j
+        for _ in range(2):  # the padding
+            if text[j:j + 3] not in _PAD:
+                break
+            j += 3
+            if j == n or text[j] not in _WORD or text[j] == "-":
+                end = j
+        if end < 0:  # a word goes on right after: no blob ends here
+            out.append(text[done:at + 5])
+            done = at + 5
+            continue
+        out.append(text[done:start] + "<tok>")
+        done = end
+    out.append(text[done:])
+    return "".join(out)
 
 
 def _plain_tokens(text: str) -> str:
