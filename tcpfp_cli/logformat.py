@@ -40,8 +40,8 @@ Parsing rules, documented once:
   a directive outside quotes cannot hold a space (``%t`` excepted: it is
   bracketed, and parses to the text between the brackets, see
   ``CLF_TIME_FORMAT``), unless the format glues it to its neighbours with
-  characters that are not spaces (``%h\t%r\t%>s``, ``%h|%r|%{User-Agent}i``):
-  escaped text there may hold spaces but not its delimiter.  An unquoted
+  tabs or "|" (``%h\t%r\t%>s``, ``%h|%r|%{User-Agent}i``): escaped text there
+  may hold spaces but not its delimiter.  An unquoted
   request line (``%h %t %r %>s``) holds spaces and any delimiter: it ends
   where the rest of the line fits (see ``_delimited``).
 
@@ -621,7 +621,8 @@ class _Compiler:
             if quoted:
                 item = item._replace(quoted=True, pattern=_QUOTED)
             elif item.kind == "text" and (item.escaped or item.letter == "g") and item.letter not in "Uq" and (
-                    item.letter == "r" or _glued(before, -1) and _glued(after, 0)):
+                    item.letter == "r" or _glued(before, -1) and _glued(after, 0)
+                    and _delimiter(before, after) in _SPACED_DELIMITERS):
                 item = item._replace(pattern=_delimited(item, before, after))
             out.append(item)
         return tuple(out)
@@ -629,7 +630,7 @@ class _Compiler:
 
 def _delimited(item: Directive, before: Item | None, after: Item | None) -> str:
     """The pattern of escaped text (or a text field such as ``FINGERPRINT_OS``, whose
-    labels hold spaces) between delimiters that are not spaces (a tab, "|"): it may
+    labels hold spaces) between tabs or "|" (``_SPACED_DELIMITERS``): it may
     hold spaces, which Apache writes as they are (tabs, line ends and quotes it always
     escapes).  It may not hold its delimiter (the character after it, or before
     it at the end of the line), so that the line splits one way only, in time linear
@@ -637,11 +638,21 @@ def _delimited(item: Directive, before: Item | None, after: Item | None) -> str:
     separates the fields, and where exploits put "|": it ends at the last delimiter
     that lets the rest of the line fit.
     """
-    delimiter = ""
-    if item.letter != "r":
-        near = after if after is not None else before
-        delimiter = near.text[0 if near is after else -1] if isinstance(near, Literal) else ""
+    delimiter = "" if item.letter == "r" else _delimiter(before, after)
     return rf'(?:[^\t\n\r\f\v"\\{re.escape(delimiter)}]|\\\S)*'
+
+
+#: The delimiters between which escaped text may hold spaces: a tab (which Apache always
+#: escapes) and "|".  Other characters that glue fields (":" of ``%h:%{remote}p``, "," of a
+#: CSV) are in the values themselves (IPv6 addresses, FINGERPRINT_P0F, FINGERPRINT_TCP_OPTIONS):
+#: there a field holds no space and may hold its delimiter, as around spaces.
+_SPACED_DELIMITERS = ("", "\t", "|")
+
+
+def _delimiter(before: Item | None, after: Item | None) -> str:
+    """The character after a directive, or before it at the end of the line ("": none)."""
+    near = after if after is not None else before
+    return near.text[0 if near is after else -1] if isinstance(near, Literal) else ""
 
 
 def _glued(item: Item | None, end: int) -> bool:

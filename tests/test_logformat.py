@@ -409,6 +409,20 @@ def test_round_trip_hostile_request_lines(fmt_name: str, raw: bytes) -> None:
         assert parsed["time"] == "14/Nov/2023:22:13:20 +0000"
 
 
+@pytest.mark.parametrize("fmt_text, column, value", [
+    ('%h:%{remote}p %l %u %t "%r" %>s %b', "remote_host", "2001:db8::7"),
+    ("%>s,%{FINGERPRINT_TCP_OPTIONS}g,%D", "FINGERPRINT_TCP_OPTIONS", "2,4,8,1,3"),
+    ("%>s:%{FINGERPRINT_P0F}g", "FINGERPRINT_P0F", "4:64+0:0:65495:mss*1,7:mss,sok,ts,nop,ws:df,id+:0"),
+])
+def test_a_field_glued_by_a_character_its_values_hold_still_reads(fmt_text: str, column: str, value: str) -> None:
+    """Glued by ":" or "," (not a tab or "|"), a field holds no space but may hold that
+    character, as it did before fields between tabs could hold spaces: an IPv6 client
+    before ":%{remote}p", the commas of the option list in a CSV line."""
+    fmt = compile_format(fmt_text)
+    line = fmt.write(record(remote_addr="2001:db8::7"))
+    assert fmt.parse(line)[column] == value
+
+
 def test_round_trip_custom_format_with_every_kind_of_value() -> None:
     fmt = compile_format(CUSTOM_1)
     rec = record(
