@@ -43,6 +43,7 @@ import re
 import select
 import signal
 import socket
+import stat
 import struct
 import sys
 import time
@@ -260,9 +261,18 @@ class AccessLog:
             # Created 0644 (less under a stricter umask): never writable by others, whatever
             # the umask a service manager gave us; an existing file keeps its mode.
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-            fd = os.open(self.path, flags | (os.O_NOFOLLOW if self.no_symlink else 0), LOG_MODE)
+            if self.no_symlink:  # and no FIFO, whose open would wait for a reader: a regular file
+                flags |= os.O_NOFOLLOW | os.O_NONBLOCK
+            fd = os.open(self.path, flags, LOG_MODE)
+            if self.no_symlink:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.close(fd)
+                    raise StartupError(f"cannot open log {self.path}: --user needs a regular file there")
+                os.set_blocking(fd, True)
             return open(fd, "ab", buffering=0)
         except OSError as error:
+            if error.errno == errno.ENXIO and self.no_symlink:
+                raise StartupError(f"cannot open log {self.path}: --user needs a regular file there") from None
             if error.errno == errno.ELOOP and self.no_symlink:
                 raise StartupError(f"cannot open log {self.path}: it is a symbolic link, which --user "
                                    "refuses (the user could point it at any file root writes)") from None

@@ -285,27 +285,32 @@ def test_user_drops_root_after_binding(tmp_path):
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_user_refuses_a_log_path_that_is_a_symbolic_link(tmp_path, workers):
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_user_refuses_a_log_path_that_is_not_a_regular_file(tmp_path, workers, kind):
     """With --user the log's directory may be the user's; root opens the log at each start,
-    so a link the user put there could make root append to any file.  It is refused."""
+    so a link the user put there could make root append to any file, and a FIFO would hold
+    the start until someone reads it.  Both are refused, at once."""
     need_root()
     target = tmp_path / "precious"
     target.write_bytes(b"keep me\n")
-    link = tmp_path / "access.log"
-    link.symlink_to(target)
+    log = tmp_path / "access.log"
+    if kind == "symlink":
+        log.symlink_to(target)
+        reason = "it is a symbolic link, which --user refuses (the user could point it at any file root writes)"
+    else:
+        os.mkfifo(log)
+        reason = "--user needs a regular file there"
     process = subprocess.Popen([sys.executable, "-m", "tcpfp_cli", "serve", "--port", str(free_port()),
-                                "--log", str(link), "--user", "nobody", "--workers", workers],
+                                "--log", str(log), "--user", "nobody", "--workers", workers],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _, stderr = process.communicate(timeout=30)
-    except subprocess.TimeoutExpired:  # it started serving: stop it and its workers (its own group)
+    except subprocess.TimeoutExpired:  # it started serving or hangs: stop it and its workers (its own group)
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
         raise
     assert process.returncode == 2
-    assert stderr.splitlines() == [
-        f"tcpfp: cannot open log {link}: it is a symbolic link, which --user refuses "
-        "(the user could point it at any file root writes)"]
+    assert stderr.splitlines() == [f"tcpfp: cannot open log {log}: {reason}"]
     assert target.read_bytes() == b"keep me\n"
 
 
