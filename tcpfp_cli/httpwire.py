@@ -285,7 +285,9 @@ def _parse_head_checked(head: bytes, limits: Limits) -> RequestHead:
     if major == 0:
         raise BadRequest(400, "HTTP/0.x request", request_line)
     _check_target(method, target, request_line)
-    headers: dict[str, bytes] = {}
+    # Each field's pieces, joined once at the end: a client can send a value folded over
+    # hundreds of thousands of lines, and joining at every line would copy it each time.
+    pieces: dict[str, list[bytes]] = {}
     count = 0
     previous: str | None = None
     hosts = 0
@@ -301,7 +303,7 @@ def _parse_head_checked(head: bytes, limits: Limits) -> RequestHead:
         if checked is None and line[:1] in (b" ", b"\t"):
             if previous is None:
                 raise BadRequest(400, "malformed header field", request_line)
-            headers[previous] += b" " + line.strip(b" \t")  # obs-fold (RFC 9112 5.2)
+            pieces[previous] += (b" ", line.strip(b" \t"))  # obs-fold (RFC 9112 5.2)
             continue
         count += 1
         if count > limits.max_headers:
@@ -317,8 +319,12 @@ def _parse_head_checked(head: bytes, limits: Limits) -> RequestHead:
             hosts += 1
             if hosts > 1 or not _HOST.match(value):
                 raise BadRequest(400, "bad Host header", request_line)
-        headers[name] = headers[name] + b", " + value if name in headers else value
+        if name in pieces:
+            pieces[name] += (b", ", value)
+        else:
+            pieces[name] = [value]
         previous = name
+    headers = {name: b"".join(parts) for name, parts in pieces.items()}
     return _complete(request_line, method, target, version, major, minor, headers)
 
 

@@ -432,10 +432,32 @@ def _regex_parts(items: tuple[Item, ...]) -> list[str]:
             text = text[2:]
         if n == last and text.endswith(" +"):
             text = text[:-2] + " *"
+        if n and text.startswith(" +") and _one_space_will_do(items[n - 1], item, items[n + 1] if n < last else None):
+            # After text that may hold spaces, " +" would be tried at each of its ends inside
+            # a run of spaces and each time run to the run's end: quadratic in a run a client
+            # sent.  The first end that fits leaves one space, so " " finds the same match.
+            text = " " + text[2:]
         parts.append(text)
-    if not (items and isinstance(items[-1], Literal) and parts[-1].endswith(" *")):
+    if not (items and isinstance(items[-1], Literal) and parts[-1].endswith(" *")) and not (
+            items and _holds_spaces(items[-1])):  # which takes the line's trailing spaces itself
         parts[-1] = parts[-1] + " *"
     return parts
+
+
+def _holds_spaces(item: Item) -> bool:
+    """A directive whose text may hold any spaces (``_delimited``): it can end anywhere in a run."""
+    return isinstance(item, Directive) and item.pattern.startswith(r'(?:[^\t\n\r\f\v"\\')
+
+
+def _one_space_will_do(before: Item, item: Item, after: Item | None) -> bool:
+    """Whether the literal ``item``, which begins with spaces, may begin with one space instead
+    of " +": it follows text that holds spaces, and what comes after its spaces cannot
+    begin with a space nor be empty (more literal text, a number, a bracketed time)."""
+    if not (isinstance(item, Literal) and item.text[:1] == " " and _holds_spaces(before)):
+        return False
+    if item.text.strip(" "):
+        return True
+    return isinstance(after, Directive) and (after.pattern == _INT or after.kind == "time")
 
 
 # --------------------------------------------------------------------------- compiling

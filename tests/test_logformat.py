@@ -701,3 +701,40 @@ def test_what_a_strftime_time_writes_parses_back(form, status):
 def test_apache_directives_without_a_record_of_their_own_are_refused_by_name():
     with pytest.raises(LogFormatError, match=r"%L"):
         compile_format("%h %L")
+
+
+# Formats whose text fields may hold spaces (an unquoted %r, fields between tabs or "|"), where
+# the parser's expressions begin the literal after such a field with one space, not " +", and
+# leave out the " *" after one that ends the line (a run of spaces a client sent was otherwise
+# scanned again from each of its positions: seconds for an 8 KiB request line that did not fit).
+SPACED_FORMATS = ['%h %t %r %>s', '%h %t %r %>s %b %{User-Agent}i', '%h %t %r %>s "%{User-Agent}i"',
+                  '%h %r %t x', '%h %r x ', '%h\t%t\t%r\t%>s\t%{User-Agent}i', '%h|%r|%>s|%{User-Agent}i',
+                  '%r %>s', '%h %r']
+LINE_PIECES = [" ", "  ", "   ", "a", "1", "200", "-", '"', "\\", "\\ ", '\\"', "\t", "|", "x", " x",
+               "[10/Oct/2000:13:55:36 -0700]", "GET / HTTP/1.1", "1.2.3.4"]
+
+
+def as_first_defined(fmt):
+    """The expression pieces as the parser first built them: " +" wherever a literal
+    begins with spaces, and " *" after a field that ends the line."""
+    parts = list(fmt._parts)
+    for k, part in enumerate(parts):
+        if part.startswith(" ") and not part.startswith((" +", " *")):
+            parts[k] = " +" + part[1:]
+    if not parts[-1].endswith(" *"):
+        parts[-1] += " *"
+    return parts
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from(SPACED_FORMATS), st.lists(st.sampled_from(LINE_PIECES), max_size=14).map("".join))
+def test_text_holding_spaces_is_split_as_first_defined(fmt, line):
+    fmt = compile_format(fmt)
+    parts = as_first_defined(fmt)
+    first = re.compile("".join(parts), re.DOTALL).fullmatch(line)
+    now = fmt._regex.fullmatch(line)
+    assert (now and now.groups()) == (first and first.groups())
+    for k in range(1, len(parts) + 1):  # where a line stops fitting, for LogLineError
+        first = re.compile("".join(parts[:k]), re.DOTALL).match(line)
+        now = re.compile("".join(fmt._parts[:k]), re.DOTALL).match(line)
+        assert (now and now.end()) == (first and first.end())
