@@ -237,6 +237,7 @@ _INT = r"-?[0-9]+|-"
 _TEXT = r'(?:[^\s"\\]|\\\S)*'  # escaped text without spaces
 _QUOTED = r'[^"\\]*(?:\\.[^"\\]*)*'  # escaped text up to the closing quote
 _QUERY = r"(?:\?" + _TEXT + ")?"  # %q: empty, or '?' and escaped text
+_PATH_BEFORE_QUERY = r'(?:[^\s"\\?]|\\\S)*'  # %U right before %q: escaped text up to a '?'
 _TIME = r"[^\]]*"
 
 _R = AccessRecord
@@ -640,7 +641,12 @@ class _Compiler:
                 and isinstance(after, Literal)
                 and after.text.startswith('"')
             )
-            if quoted:
+            if item.letter == "U" and isinstance(after, Directive) and after.letter == "q":
+                # %U%q: the path ends at its first unescaped "?", which the lazy %U found by
+                # trying every end, each time reading %q to the token's end (quadratic in a
+                # path a client fills with %3F).  Without "?" and greedy: the same split.
+                item = item._replace(pattern=_PATH_BEFORE_QUERY)
+            elif quoted:
                 item = item._replace(quoted=True, pattern=_QUOTED)
             elif item.kind == "text" and (item.escaped or item.letter == "g") and item.letter not in "Uq" and (
                     item.letter == "r" or _glued(before, -1) and _glued(after, 0)

@@ -738,3 +738,29 @@ def test_text_holding_spaces_is_split_as_first_defined(fmt, line):
         first = re.compile("".join(parts[:k]), re.DOTALL).match(line)
         now = re.compile("".join(fmt._parts[:k]), re.DOTALL).match(line)
         assert (now and now.end()) == (first and first.end())
+
+
+PATH_QUERY_FORMATS = ["%h %U%q %>s", "%U%q", '"%U%q" %>s', "%h %U%q", "%U%q x %U"]
+PATH_PIECES = ["/", "a", "?", "??", "\\?", "\\", "=", "1", " ", '"', "-", "%3F", "x", "200"]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from(PATH_QUERY_FORMATS), st.lists(st.sampled_from(PATH_PIECES), max_size=12).map("".join))
+def test_a_path_before_its_query_is_split_as_first_defined(fmt, line):
+    """%U right before %q was lazy text (it ends at the first '?' that lets the rest fit);
+    it is now text without '?' (linear on a path full of '?').  The same lines fit, with the
+    same groups; where one does not, the error names a place no earlier than before (the
+    lazy prefix stopped before the path, this one after it)."""
+    from tcpfp_cli.logformat import _PATH_BEFORE_QUERY
+
+    fmt = compile_format(fmt)
+    lazy = [part.replace(_PATH_BEFORE_QUERY, r'(?:[^\s"\\]|\\\S)*?') for part in fmt._parts]
+    assert lazy != list(fmt._parts)
+    first = re.compile("".join(lazy), re.DOTALL).fullmatch(line)
+    now = fmt._regex.fullmatch(line)
+    assert (now and now.groups()) == (first and first.groups())
+    for k in range(1, len(lazy) + 1):
+        first = re.compile("".join(lazy[:k]), re.DOTALL).match(line)
+        now = re.compile("".join(fmt._parts[:k]), re.DOTALL).match(line)
+        assert (now is None) == (first is None)
+        assert now is None or now.end() >= first.end()
