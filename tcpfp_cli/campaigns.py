@@ -181,21 +181,38 @@ def _plain_tokens(text: str) -> str:
 _VALUE = re.compile(r"=[^&]*")
 
 
-@lru_cache(maxsize=1 << 14)
-def _shape(query: str) -> str:
+#: Paths and query shapes longer than this are worked out each time, not kept: clients
+#: choose them, and 2^14 kept ones of 8 KiB would hold a quarter of a gigabyte.
+KEPT_TEXT_CHARS = 512
+
+
+def _shape_uncached(query: str) -> str:
     """A query whose values are already ``<v>``: placeholders in names and in value-less parts."""
     return "&".join(_tokens(part) for part in query.split("&"))
+
+
+_shape_kept = lru_cache(maxsize=1 << 14)(_shape_uncached)
+
+
+def _shape(query: str) -> str:
+    return _shape_kept(query) if len(query) <= KEPT_TEXT_CHARS else _shape_uncached(query)
 
 
 def _query(query: str) -> str:
     return _shape(_VALUE.sub("=<v>", query))
 
 
-@lru_cache(maxsize=1 << 14)
-def _path(path: str) -> str:
+def _path_uncached(path: str) -> str:
     if ";" in path:
         path = _MATRIX.sub(r";\1=<v>", path)
     return _tokens(path)
+
+
+_path_kept = lru_cache(maxsize=1 << 14)(_path_uncached)
+
+
+def _path(path: str) -> str:
+    return _path_kept(path) if len(path) <= KEPT_TEXT_CHARS else _path_uncached(path)
 
 
 def _target(target: str) -> str:

@@ -101,8 +101,11 @@ SYN_DERIVED = (*DEFAULT_KEY, TTL, HOPS, P0F)
 SOURCE_LOGGED, SOURCE_DATABASE, SOURCE_PARTIAL, SOURCE_HEURISTIC = (
     "FINGERPRINT_OS", "database", "database-partial", "heuristic")
 _NA_INT = np.iinfo(np.int64).min
-#: Request lines whose classification is remembered (the memory is cleared when full).
+#: Request lines whose classification is remembered (the memory is cleared when full), and
+#: the characters of those lines and their patterns: clients choose their request lines, and
+#: 2^18 of 8 KiB each would hold 4 GB.
 MAX_CLASSES = 1 << 18
+MAX_CLASS_CHARS = 32 << 20
 
 
 class ReportError(TcpfpError):
@@ -304,13 +307,15 @@ class _Classifier:
     """Request line -> (campaign group, pattern), each distinct line worked out once.
 
     The group is ("name", campaign) for a named campaign, else ("pattern", pattern).
-    At most ``MAX_CLASSES`` lines are remembered, so memory stays bounded on logs
-    where every line differs.
+    At most ``MAX_CLASSES`` lines, of ``MAX_CLASS_CHARS`` characters with their
+    patterns, are remembered, so memory stays bounded on logs where every line
+    differs, however long the lines.
     """
 
     def __init__(self, matcher: CampaignMatcher) -> None:
         self.matcher = matcher
         self.known: dict[str | None, tuple[tuple[str, str], str]] = {}
+        self.chars = 0  # of the remembered lines and patterns
 
     def of(self, request: str | None) -> tuple[tuple[str, str], str]:
         known = self.known.get(request)
@@ -318,9 +323,12 @@ class _Classifier:
             pattern = normalise(request)
             name = self.matcher.name(request)
             known = (("name", name) if name is not None else ("pattern", pattern)), pattern
-            if len(self.known) >= MAX_CLASSES:
+            chars = len(pattern) + (len(request) if request else 0)
+            if len(self.known) >= MAX_CLASSES or self.chars + chars > MAX_CLASS_CHARS:
                 self.known.clear()
+                self.chars = 0
             self.known[request] = known
+            self.chars += chars
         return known
 
 

@@ -325,3 +325,34 @@ def test_tables_show_the_first_ten_malformed_lines(tmp_path):
     report = build_report([str(log)], SEED_FORMAT, ReportOptions())
     line = next(x for x in report.tables().splitlines() if x.startswith("malformed: "))
     assert line.count("garbage") == 0 and line.count(str(log)) == 10
+
+
+def test_remembered_classifications_are_bounded_in_characters_too(monkeypatch):
+    """Clients choose their request lines: however long the distinct lines of a log, the
+    classifications a worker remembers stay within MAX_CLASS_CHARS, and are the same
+    whether remembered or worked out again."""
+    from tcpfp_cli import report
+
+    monkeypatch.setattr(report, "MAX_CLASS_CHARS", 100_000)
+    classifier = report._Classifier(CampaignMatcher(load_campaigns()))
+    lines = [f"GET /{k:05d}/{'z' * 8000} HTTP/1.1" for k in range(60)]
+    first = [classifier.of(line) for line in lines]
+    assert classifier.chars <= 100_000 and len(classifier.known) < 60
+    assert classifier.chars == sum(len(r) + len(p) for r, (_, p) in classifier.known.items())
+    assert [classifier.of(line) for line in lines] == first
+    assert first[0] == (("pattern", "GET /<n>/" + "z" * 8000 + " HTTP/1.1"), "GET /<n>/" + "z" * 8000 + " HTTP/1.1")
+
+
+def test_long_paths_and_queries_are_not_kept_by_the_pattern_caches():
+    from tcpfp_cli import campaigns
+
+    campaigns._path_kept.cache_clear()
+    campaigns._shape_kept.cache_clear()
+    long_path = "/" + "g" * campaigns.KEPT_TEXT_CHARS
+    long_query = "x=1&" + "y" * campaigns.KEPT_TEXT_CHARS
+    assert normalise(f"GET {long_path}?{long_query} HTTP/1.1") == f"GET {long_path}?x=<v>&{'y' * 512} HTTP/1.1"
+    assert campaigns._path_kept.cache_info().currsize == 0
+    assert campaigns._shape_kept.cache_info().currsize == 0
+    assert normalise("GET /short?a=1 HTTP/1.1") == "GET /short?a=<v> HTTP/1.1"
+    assert campaigns._path_kept.cache_info().currsize == 1
+    assert campaigns._shape_kept.cache_info().currsize == 1
