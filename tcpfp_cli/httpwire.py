@@ -292,6 +292,7 @@ def _parse_head_checked(head: bytes, limits: Limits) -> RequestHead:
     previous: str | None = None
     hosts = 0
     longest = limits.line_bytes
+    field = 0  # the length of the previous field's lines so far, for its folds
     # When every field line is clean (the common case), the per-line checks for
     # folding, the name's characters and control bytes cannot fail: skip them.
     checked = _CLEAN_FIELDS.fullmatch(head, head.find(b"\n") + 1)
@@ -303,6 +304,11 @@ def _parse_head_checked(head: bytes, limits: Limits) -> RequestHead:
         if checked is None and line[:1] in (b" ", b"\t"):
             if previous is None:
                 raise BadRequest(400, "malformed header field", request_line)
+            # A folded field is one field line for the limit, as Apache counts it: each fold
+            # as one space and the text after it, and room for a NUL within --max-line.
+            field += 1 + len(line.lstrip(b" \t"))
+            if field + 1 >= limits.max_line:
+                raise BadRequest(400, "header field too long", request_line)
             pieces[previous] += (b" ", line.strip(b" \t"))  # obs-fold (RFC 9112 5.2)
             continue
         count += 1
@@ -323,7 +329,7 @@ def _parse_head_checked(head: bytes, limits: Limits) -> RequestHead:
             pieces[name] += (b", ", value)
         else:
             pieces[name] = [value]
-        previous = name
+        previous, field = name, len(line)
     headers = {name: b"".join(parts) for name, parts in pieces.items()}
     return _complete(request_line, method, target, version, major, minor, headers)
 

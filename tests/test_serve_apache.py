@@ -91,6 +91,13 @@ CASES: dict[str, bytes] = {
     "header-nul": b"GET / HTTP/1.0\r\nUser-Agent: a\x00b\r\n\r\n",
     "header-cr": b"GET / HTTP/1.0\r\nUser-Agent: a\rb\r\n\r\n",
     "header-obs-fold": b"GET / HTTP/1.0\r\nUser-Agent: a\r\n folded\r\n\r\n",
+    # a folded field is one field line for the limit: each fold one space and its text
+    "header-folded-at-limit": b"GET / HTTP/1.0\r\nUser-Agent: u\r\n " + b"f" * (LIMIT - 16) + b"\r\n\r\n",
+    "header-folded-limit-plus-1": b"GET / HTTP/1.0\r\nUser-Agent: u\r\n " + b"f" * (LIMIT - 15) + b"\r\n\r\n",
+    "header-folds-wide-blanks": b"GET / HTTP/1.0\r\nUser-Agent: u\r\n" + b" " * 60 + b"f" * (LIMIT - 60)
+                                + b"\r\n\t\t" + b"g" * 40 + b"\r\n\r\n",
+    "header-many-small-folds": b"GET / HTTP/1.0\r\nUser-Agent: u\r\n" + b" ab\r\n" * 2700 + b"\r\n",
+    "header-too-many-small-folds": b"GET / HTTP/1.0\r\nUser-Agent: u\r\n" + b" ab\r\n" * 2800 + b"\r\n",
     "header-space-before-colon": b"GET / HTTP/1.0\r\nUser-Agent : x\r\n\r\n",
     "header-no-colon": b"GET / HTTP/1.0\r\nnocolon\r\n\r\n",
     "header-line-at-limit": b"GET / HTTP/1.0\r\nUser-Agent: " + b"u" * (LIMIT - 12) + b"\r\n\r\n",
