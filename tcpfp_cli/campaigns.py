@@ -107,6 +107,14 @@ _HEXDIGITS = frozenset("0123456789ABCDEFabcdef")
 _PLUS, _PAD = ("%2B", "%2b"), ("%3D", "%3d")
 
 
+def _starts_word(text: str, at: int) -> bool:
+    """A word of a blob may start at ``at``: the text's start, after a character that is
+    neither part of a word nor "%", or right after an escape ``%hh``."""
+    if at == 0 or (text[at - 1] not in _WORD and text[at - 1] != "%"):
+        return True
+    return at >= 3 and text[at - 3] == "%" and text[at - 2] in _HEXDIGITS and text[at - 1] in _HEXDIGITS
+
+
 def _encoded_blobs(text: str) -> str:
     """A percent-encoded base64 blob as one ``<tok>``: its ``+`` are ``%2B``, which cut it
     into words of which only the long ones became ``<tok>``, and its padding is ``%3D``.
@@ -125,15 +133,12 @@ def _encoded_blobs(text: str) -> str:
             word_end = s = start - 3
             while s > done and text[s - 1] in _WORD:
                 s -= 1
-            if s > done and text[s - 1] == "%":  # the word began inside an escape: it starts after it
-                if not (text[s:s + 2] and set(text[s:s + 2]) <= _HEXDIGITS):
-                    break
-                s += 2
-            elif s == done and done and text[done - 1] in _WORD:
+            # Where the word may start: after a character that is not part of a word, or
+            # right after an escape (whose two hex digits the scan above went through).
+            first = next((p for p in (s, s + 1, s + 2) if p < word_end and _starts_word(text, p)), None)
+            if first is None:
                 break
-            if s >= word_end:
-                break
-            start = s
+            start = first
         j = at + 5
         end = j if j == n or text[j] not in _WORD or text[j] == "-" else -1
         while text[j:j + 3] in _PLUS:  # "%2Bword" chunks after

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tcpfp_cli.campaigns import CampaignMatcher, _encoded_blobs, load_campaigns, normalise
@@ -180,11 +180,12 @@ ENCODED_BLOB_DEFINITION = re.compile(
     r"(?:(?:(?<=%[0-9A-Fa-f]{2})|(?<![0-9A-Za-z_%-]))[0-9A-Za-z_-]+%2[Bb])*<tok>"
     r"(?:%2[Bb][0-9A-Za-z_-]*)*(?:%3[Dd]){0,2}(?![0-9A-Za-z_])")
 BLOB_PIECES = ["<tok>", "%2B", "%2b", "%3D", "%3d", "%41", "%2F", "a", "Z9", "-", "_", ".", "/", "%", "zz",
-               "%z", "<n>", "x"]
+               "%z", "<n>", "x", "B", "2", "%2", "3D", "F", "%%"]
 
 
 @settings(max_examples=3000, deadline=None)
 @given(st.lists(st.sampled_from(BLOB_PIECES), min_size=1, max_size=16).map("".join))
+@example("<tok>%3D-%2B<tok>")  # a word that starts right after an escape the last blob ended with
 def test_encoded_blobs_are_merged_as_the_definition_says(text):
     assert _encoded_blobs(text) == ENCODED_BLOB_DEFINITION.sub("<tok>", text)
 
