@@ -73,7 +73,7 @@ def _inputs(values: list[str]) -> Iterator[tuple[str, str]]:
 @app.command()
 def decode(
     hex_values: Annotated[Optional[list[str]], typer.Argument(
-        metavar="[HEX]...", help="Saved SYNs as hex; none or '-' reads one per line from stdin.",
+        metavar="HEX", help="Saved SYNs as hex; none or '-' reads one per line from stdin.",
         show_default=False)] = None,
     json_lines: Annotated[bool, typer.Option(
         "--json", help="One JSON object per input, keyed by field name.")] = False,
@@ -213,7 +213,7 @@ def _read_body(path: Path | None) -> bytes | None:
 @app.command()
 def report(
     logs: Annotated[Optional[list[str]], typer.Argument(
-        metavar="[LOG]...", help="Access logs (gzip is read directly); none or '-' reads stdin.",
+        metavar="LOG", help="Access logs (gzip is read directly); none or '-' reads stdin.",
         show_default=False)] = None,
     log_format: Annotated[Optional[str], typer.Option(
         "--format", metavar="FMT",
@@ -266,4 +266,28 @@ def _root(
 
 
 def main() -> None:
-    app()
+    """Run the command; a usage error (an unknown option, ``--port abc``) is one line too.
+
+    Typer would draw it as a multi-line box; an operator's service log or a
+    script's ``2>`` should get the same one ``tcpfp: ...`` line as every other
+    error, with the same exit status 2.
+    """
+    try:
+        from typer._click.exceptions import ClickException  # typer 0.2x carries its own click
+    except ImportError:
+        from click import ClickException
+
+    try:
+        code = app(standalone_mode=False)
+    except ClickException as error:
+        if type(error).__name__ == "NoArgsIsHelpError":  # bare `tcpfp`: the help, as typer shows it
+            if error.format_message():  # (typer's rich help has printed itself already)
+                error.show()
+            sys.exit(error.exit_code)
+        command = error.ctx.command_path if getattr(error, "ctx", None) else "tcpfp"
+        typer.echo(f"tcpfp: {error.format_message()} (see '{command} --help')", err=True)
+        sys.exit(error.exit_code)
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

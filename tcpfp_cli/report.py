@@ -704,10 +704,10 @@ class Report:
         fp = self.fingerprints.head(top) if top else self.fingerprints
         if len(fp):
             shown = fp.drop(columns=["top_patterns", "label_source", "label_match", "os"]).copy()
-            shown["label"] = [_label_cell(r) for r in fp.to_dict("records")]
             shown.insert(shown.columns.get_loc("label") + 1, "from",
                          [_source_tag(s, m) for s, m in zip(fp["label_source"], fp["label_match"])])
             shown = _printable_frame(shown)
+            shown["label"] = [_label_cell(r) for r in fp.to_dict("records")]  # escaped, then two lines
             shown["top patterns"] = [  # one line per pattern: escaped first, then joined
                 "\n".join(f"{p['requests']} {_printable(p['campaign'])}" for p in tops) for tops in fp["top_patterns"]]
             shown.columns = [c.removeprefix("FINGERPRINT_") for c in shown.columns]
@@ -771,8 +771,14 @@ def _printable(value: object) -> object:
 
 
 def _printable_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with every text cell, the index and the column names made printable."""
-    out = frame.map(_printable)
+    """``frame`` with every text cell, the index and the column names made printable.
+
+    Cells are mapped column by column into object columns: ``DataFrame.map`` would infer
+    float for a key column that mixes integers and None (IPv6's missing DF), which
+    tabulate and the CSV then show as ``1.0`` and ``nan``.
+    """
+    out = pd.DataFrame({c: pd.Series([_printable(v) for v in frame[c]], index=frame.index, dtype=object)
+                        for c in frame.columns}, index=frame.index)
     out.index = out.index.map(_printable)
     out.columns = out.columns.map(_printable)
     return out
@@ -780,11 +786,11 @@ def _printable_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _label_cell(row: Mapping[str, Any]) -> str:
     """The label, and under it the database's ``name flavor`` when it says more."""
-    os_label = row.get("os")
+    label, os_label = _printable(row["label"]), _printable(row.get("os"))
     if not os_label:
-        return row["label"]
+        return label
     detail = _display(os_label)
-    return row["label"] if detail == row["label"] else f"{row['label']}\n{detail}"
+    return label if detail == label else f"{label}\n{detail}"
 
 
 def _display(label: str) -> str:

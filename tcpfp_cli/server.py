@@ -159,15 +159,16 @@ def open_listener(host: str, port: int, backlog: int, *, reuse_port: bool = Fals
 
 
 def _open_listener(host: str, port: int, backlog: int, reuse_port: bool) -> tuple[socket.socket, bool]:
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # as --listen takes it
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
-        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+        raise StartupError(f"cannot listen on {where}: {error.strerror}") from None
     family, _, _, _, address = infos[0]
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError as error:
-        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}", error.errno) from None
+        raise StartupError(f"cannot listen on {where}: {error.strerror}", error.errno) from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
@@ -180,13 +181,13 @@ def _open_listener(host: str, port: int, backlog: int, reuse_port: bool) -> tupl
     except OSError as error:
         sock.close()
         if error.errno == errno.EADDRINUSE:
-            raise StartupError(f"cannot listen on {host}:{port}: address already in use",
+            raise StartupError(f"cannot listen on {where}: address already in use",
                                error.errno) from None
         if error.errno == errno.EACCES:
             raise StartupError(
-                f"cannot listen on {host}:{port}: permission denied (ports below 1024 need root "
+                f"cannot listen on {where}: permission denied (ports below 1024 need root "
                 "or CAP_NET_BIND_SERVICE)", error.errno) from None
-        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror}", error.errno) from None
+        raise StartupError(f"cannot listen on {where}: {error.strerror}", error.errno) from None
     sock.setblocking(False)
     return sock, saves
 

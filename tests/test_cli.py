@@ -243,3 +243,42 @@ def test_signature_number_too_long_for_int_is_one_line(tmp_path):
     errors = result.stderr.splitlines()
     assert len(errors) == 1 and "line 4" in errors[0] and "outside 1..255" in errors[0]
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["serve", "--port", "abc"], "Invalid value for '--port'"),
+    (["serve", "--bogus"], "No such option: --bogus"),
+    (["report", "--min-count", "many", "/dev/null"], "Invalid value for '--min-count'"),
+    (["decode", "--json", "--fields"], "Option '--fields' requires an argument"),
+    (["nosuch"], "No such command 'nosuch'"),
+])
+def test_usage_errors_are_one_line_and_exit_2(args, message):
+    """A wrong option value or an unknown option is an operator's most common mistake; it gets
+    the one `tcpfp: ...` line on stderr every other error gets (a service log keeps it whole),
+    naming the help to read, and exit status 2, not typer's multi-line box."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "tcpfp_cli", *args], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("tcpfp: ") and message in line and "--help" in line
+
+
+@pytest.mark.parametrize("args, code", [([], 2), (["--help"], 0), (["decode", "--help"], 0), (["--version"], 0)])
+def test_help_and_version_still_print_on_stdout(args, code):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "tcpfp_cli", *args], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == code and done.stderr == ""
+    assert ("tcpfp " if args == ["--version"] else "Usage: ") in done.stdout
+
+
+@pytest.mark.parametrize("command, usage", [("decode", "decode [OPTIONS] [HEX]..."), ("report", "report [OPTIONS] [LOG]...")])
+def test_usage_line_shows_the_arguments_as_typed(command, usage):
+    """The usage line is what an operator copies: `[HEX]...`, not typer's doubled `[[HEX]...]...`."""
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0 and usage in " ".join(result.stdout.split())

@@ -419,3 +419,31 @@ def test_default_serve_log_is_recognised_without_format(tmp_path):
     (fp,) = json.loads(out)["fingerprints"]
     assert fp["FINGERPRINT_TCP_OPTIONS"] == "2,4,8,1,3" and fp["label"] in ("Linux-like", "embedded/low-memory Linux")
     assert fp["clients"] == 1
+
+
+def test_a_key_field_missing_for_some_clusters_shows_as_a_dash_and_labels_keep_two_lines(tmp_path):
+    """A sensor's log mixes IPv4 clients (DF 0 or 1) and IPv6 ones (DF `-`), so the DF key
+    column holds integers and missing values.  The tables and the CSV files show the integers
+    as logged and the missing value as `-` (empty in CSV), never `1.0` or `nan`; and the
+    cluster table's label keeps the database's `name flavor` on a second line, not `\\x0a`."""
+    fmt = ('%h %t "%r" %>s %{FINGERPRINT_IP_TTL}g %{FINGERPRINT_IP_DF}g %{FINGERPRINT_TCP_WSIZE}g '
+           '%{FINGERPRINT_TCP_WSCALE}g "%{FINGERPRINT_TCP_OPTIONS}g" %{FINGERPRINT_TCP_MSS}g '
+           '%{FINGERPRINT_TCP_RTT}g "%{FINGERPRINT_OS}g" "%{FINGERPRINT_OS_MATCH}g"')
+    log = tmp_path / "mixed.log"
+    log.write_text(
+        '198.18.0.2 [25/Nov/2026:20:00:00 +0000] "GET /a HTTP/1.1" 200 52 1 64240 7 "2,4,8,1,3" 1460 9000 '
+        '"unix:Linux:2.2.x-3.x" "generic"\n'
+        '2001:db8::2 [25/Nov/2026:20:00:01 +0000] "GET /b HTTP/1.1" 200 52 - 64800 7 "2,4,8,1,3" 1440 - '
+        '"unix:Linux:2.2.x-3.x" "generic"\n')
+    code, out, _ = invoke("--format", fmt, "--csv", str(tmp_path / "csv"), str(log))
+    assert code == 0
+    table = out.split("Fingerprint clusters\n")[1].split("\n\n")[0].splitlines()
+    header = table[0].split()
+    rows = {line.split()[0]: dict(zip(header, line.split())) for line in table[2:] if line.startswith("F")}
+    assert sorted((r["TCP_MSS"], r["IP_DF"], r["rtt_median_us"]) for r in rows.values()) == [
+        ("1440", "-", "-"), ("1460", "1", "9000")]
+    assert "\\x0a" not in out
+    assert [line.strip() for line in table if not line.startswith(("F", "-", "id"))] == ["Linux 2.2.x-3.x"] * 2
+    fingerprints = list(csv.DictReader((tmp_path / "csv" / "fingerprints.csv").open()))
+    assert sorted((r["FINGERPRINT_TCP_MSS"], r["FINGERPRINT_IP_DF"], r["rtt_median_us"]) for r in fingerprints) == [
+        ("1440", "", ""), ("1460", "1", "9000")]

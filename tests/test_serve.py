@@ -220,12 +220,18 @@ def test_start_up_errors_are_one_line_and_exit_2(tmp_path, args, message):
     assert "Traceback" not in done.stderr
 
 
-def test_port_in_use_is_a_start_up_error(served):
+@pytest.mark.parametrize("args, where", [
+    (["--listen", "127.0.0.1:{port}"], "127.0.0.1:{port}"),
+    (["--listen", "[::1]:{port}"], "[::1]:{port}"),
+    (["--port", "{port}"], "[::]:{port}"),  # the default listener, written as --listen takes it
+])
+def test_port_in_use_is_a_start_up_error(served, args, where):
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "tcpfp_cli", "serve", "--listen", f"127.0.0.1:{served.port}"],
+    done = subprocess.run([sys.executable, "-m", "tcpfp_cli", "serve", *(a.format(port=served.port) for a in args)],
                           capture_output=True, text=True, timeout=20)
-    assert done.returncode == 2 and "already in use" in done.stderr
+    assert done.returncode == 2
+    assert done.stderr == f"tcpfp: cannot listen on {where.format(port=served.port)}: address already in use\n"
 
 
 def _drop_net_bind_service() -> None:
