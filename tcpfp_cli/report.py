@@ -60,7 +60,7 @@ import pandas as pd
 from . import forks
 from .campaigns import CampaignMatcher, normalise
 from .errors import BadHex, MalformedSyn, TcpfpError, UnknownField
-from .fields import BY_NAME, lookup
+from .fields import BY_NAME, FIELDS, lookup
 from .hextext import parse_hex
 from .logformat import LogFormat, compile_format
 from .logreader import (LogReader, MalformedLine, ReadStats, UnreadableInput, detect_format, line_ranges,
@@ -96,7 +96,8 @@ OS, OS_MATCH, P0F = "FINGERPRINT_OS", "FINGERPRINT_OS_MATCH", "FINGERPRINT_P0F"
 DF, IP_ECN, TCP_ECN = "FINGERPRINT_IP_DF", "FINGERPRINT_IP_ECN", "FINGERPRINT_TCP_ECN"
 SAVED_SYN = "FINGERPRINT_SAVED_SYN"
 #: What the report reads from a SYN's fields: decoded from FINGERPRINT_SAVED_SYN when not logged.
-SYN_DERIVED = (*DEFAULT_KEY, TTL, HOPS, P0F)
+SYN_DERIVED = tuple(dict.fromkeys((*DEFAULT_KEY, TTL, HOPS, P0F, *(
+    f.name for f in FIELDS if f.source == "syn" and f.member is not None and f.scalar))))
 #: label_source values, best evidence first.
 SOURCE_LOGGED, SOURCE_DATABASE, SOURCE_PARTIAL, SOURCE_HEURISTIC = (
     "FINGERPRINT_OS", "database", "database-partial", "heuristic")

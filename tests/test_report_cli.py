@@ -170,6 +170,16 @@ def test_a_log_of_saved_syns_alone_clusters_by_their_fields(tmp_path, log_format
     windows = next(f for f in report["fingerprints"] if f["FINGERPRINT_TCP_WSIZE"] == 64240)
     assert windows["label"] == "Windows-like" and windows["label_source"] == "database"
     assert 108 <= windows["ttl_min"] <= windows["ttl_max"] <= 128
+    # any SYN field the log lacks can key the clusters: it is decoded from the SYN
+    code, out, err = invoke("--json", "--by", "IP_VERSION,FINGERPRINT_TCP_OPTIONS", "--format", log_format, str(log))
+    assert code == 0, err
+    by = {(f["FINGERPRINT_IP_VERSION"], f["FINGERPRINT_TCP_OPTIONS"]): f["requests"]
+          for f in json.loads(out)["fingerprints"]}
+    expected: dict[tuple[int, str], int] = {}
+    for stack, n in counts.items():
+        layout = SYN_KEYS[stack][3]
+        expected[(4, layout)] = expected.get((4, layout), 0) + n
+    assert by == expected
 
 
 # --------------------------------------------------------------------------- inputs, formats, exit codes
