@@ -1044,6 +1044,10 @@ def build_report(paths: Sequence[str], fmt: str | None = None, options: ReportOp
     options = options or ReportOptions()
     if options.top is not None and options.top < 1:
         raise ReportError(f"--top {options.top}: give a number of clusters and campaigns, 1 or more")
+    if options.min_count < 1:
+        raise ReportError(f"--min-count {options.min_count}: give a number of requests, 1 or more")
+    if options.workers < 1:
+        raise ReportError(f"--workers {options.workers}: give a number of processes, 1 or more")
     labeler = options.labeler if options.labeler is not None else Labeler.from_options()
     paths = list(paths) or ["-"]
     for path in paths:

@@ -1265,6 +1265,8 @@ def check_limits(config: ServerConfig) -> None:
                         ("--max-connections", config.max_connections)):
         if value < 1:
             raise StartupError(f"{name} {value}: must be at least 1")
+    if config.max_connections < config.workers:  # shared out, each worker needs one
+        raise StartupError(f"--max-connections {config.max_connections}: fewer than --workers {config.workers}")
     for name, seconds in (("--request-timeout", config.request_timeout),
                           ("--keepalive-timeout", config.keepalive_timeout),
                           ("--cgi-timeout", config.cgi_timeout)):

@@ -77,12 +77,13 @@ def test_numbers_beyond_int64_are_malformed_lines_on_both_paths(tmp_path):
     assert sorted(f["FINGERPRINT_IP_TTL"] for f in report["fingerprints"]) == [61, 9223372036854775807]
 
 
-@pytest.mark.parametrize("top", ["0", "-1"])
-def test_top_below_one_is_refused(tmp_path, top):
+@pytest.mark.parametrize("option", ["--top", "--min-count", "--workers"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_counts_below_one_are_refused(tmp_path, option, value):
     log = tmp_path / "a.log"
     log.write_text("\n".join(line(n, path=str(n % 3)) for n in range(30)) + "\n")
-    code, _, err = invoke("--format", "tcpfp", "--top", top, str(log))
-    assert one_line_error(code, err) and "--top" in err
+    code, _, err = invoke("--format", "tcpfp", option, value, str(log))
+    assert one_line_error(code, err) and f"{option} {value}" in err
 
 
 def test_csv_into_a_file_is_one_line(tmp_path):

@@ -216,6 +216,7 @@ def test_an_empty_lines_cr_and_lf_in_separate_segments_are_skipped(tmp_path):
     (["--max-line", "0"], "--max-line"),  # every request 414
     (["--max-headers", "-1"], "--max-headers"),  # every request 400
     (["--max-connections", "0"], "--max-connections"),  # every request 503
+    (["--max-connections", "2", "--workers", "3"], "--max-connections 2"),  # 3 would be let in
     (["--request-timeout", "nan"], "--request-timeout"),  # a traceback per connection
     (["--keepalive-timeout", "-1"], "--keepalive-timeout"),
     (["--cgi-timeout", "0"], "--cgi-timeout"),
