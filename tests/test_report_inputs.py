@@ -157,3 +157,27 @@ def test_a_first_line_with_surplus_fields_is_malformed_not_a_crash(tmp_path, fmt
     assert code == 0, err
     summary = json.loads(out)["summary"]
     assert (summary["parsed"], summary["malformed"]) == (len(rest), 1)
+
+
+@pytest.mark.parametrize("fmt", ["tcpfp", "%h\t%r\t%>s\t%{User-Agent}i", "%h %U%q %>s"],
+                         ids=["tcpfp", "tabs", "U-q"])
+@pytest.mark.parametrize("cut", ["\0", "x"], ids=["nul-region", "no-newline"])
+def test_a_line_of_megabytes_is_parsed_in_memory_proportional_to_it(fmt, cut):
+    """A log cut while written (a region of NUL bytes, or text without its newline) joins the
+    next line into one of megabytes; reading it held about 140 bytes per character (a 100 MB
+    region took 14 GB)."""
+    import tracemalloc
+
+    from tcpfp_cli.logformat import LogLineError, compile_format
+
+    compiled = compile_format(fmt)
+    text = cut * (4 << 20) + {"tcpfp": line(), "%h %U%q %>s": "192.0.2.1 /a?b 200"}.get(
+        fmt, "192.0.2.1\tGET / HTTP/1.1\t200\tua")
+    tracemalloc.start()
+    try:
+        compiled.parse(text)
+    except LogLineError:
+        pass
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak >> 20} MiB for a line of 4 MiB"
