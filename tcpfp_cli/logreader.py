@@ -594,7 +594,7 @@ class LogReader:
     def _blocks(self, stream: BinaryIO, source: str) -> Iterator[tuple[bytes, int]]:
         """Blocks of whole lines, each with how far the input has been read: bytes of the
         file, so for gzip its compressed bytes (the size the progress bar is given)."""
-        rest = b""
+        rest: list[bytes] = []  # the start of a line still to end: pieces, joined once it ends
         done = 0
         where = _compressed_position(stream)
         while True:
@@ -604,16 +604,15 @@ class LogReader:
                 raise UnreadableInput(f"{source}: cannot read: {error}") from None
             if not block:
                 if rest:
-                    yield rest + b"\n", done
+                    yield b"".join(rest) + b"\n", done
                 return
             done = where() if where is not None else done + len(block)
-            data = rest + block
-            cut = data.rfind(b"\n")
+            cut = block.rfind(b"\n")  # only the new block: a line of gigabytes is read once
             if cut < 0:
-                rest = data
+                rest.append(block)
                 continue
-            rest = data[cut + 1:]
-            yield data[: cut + 1], done
+            yield b"".join(rest) + block[: cut + 1] if rest else block[: cut + 1], done
+            rest = [block[cut + 1:]] if cut + 1 < len(block) else []
 
     def range_frames(self, fd: int, source: str, start: int, end: int) -> Iterator[pd.DataFrame]:
         """Like ``frames``, for the lines between the offsets ``start`` and ``end`` of the open file ``fd``.

@@ -9,6 +9,8 @@ import gzip
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from tcpfp_cli import report as reporting
@@ -181,3 +183,21 @@ def test_a_line_of_megabytes_is_parsed_in_memory_proportional_to_it(fmt, cut):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 64 << 20, f"{peak >> 20} MiB for a line of 4 MiB"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b"bc", b"\n", b"\n\n", b"x" * 40, b"\r\n", b"\0" * 9]), max_size=40).map(b"".join),
+       st.integers(1, 64))
+def test_blocks_are_the_input_cut_after_line_ends_whatever_the_read_size(data, chunk):
+    """The reader's blocks, for reads of any size (lines that span many reads, like a log cut
+    while written that joins megabytes into one line): whole lines, in order, nothing lost,
+    and a last line without its newline given one."""
+    import io
+
+    from tcpfp_cli.logformat import compile_format
+    from tcpfp_cli.logreader import LogReader
+
+    reader = LogReader(compile_format("common"), chunk_bytes=chunk)
+    blocks = [block for block, _ in reader._blocks(io.BytesIO(data), "test")]
+    assert all(block.endswith(b"\n") and block for block in blocks)
+    assert b"".join(blocks) == (data + b"\n" if data and not data.endswith(b"\n") else data)
