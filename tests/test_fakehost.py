@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -107,7 +108,9 @@ class Replayed:
     def __init__(self) -> None:
         self.syns: dict[str, bytes] = {}
         self.results: dict = {}
-        self.records: dict[int, list[dict]] = {}  # listener lines by client port
+        # Listener lines by client address and port: the bulk's source ports are random, so
+        # one of them can be 40000, the repeated SYN's, or a port of another scenario.
+        self.records: dict[tuple[str, int], list[dict]] = {}
         self.repeat_results: list = []
         self.bulk_results: list = []
         self.closed_result = None
@@ -116,9 +119,17 @@ class Replayed:
         self.bulk_seconds = 0.0
 
     def record(self, name: str) -> dict:
-        port = struct.unpack_from("!H", self.syns[name], _tcp_offset(self.syns[name]))[0]
-        [line] = self.records[port]
+        syn = self.syns[name]
+        port = struct.unpack_from("!H", syn, _tcp_offset(syn))[0]
+        [line] = self.records[(_source(syn), port)]
         return line
+
+
+def _source(packet: bytes) -> str:
+    """The SYN's source address, as the dual-stack listener names an IPv4 peer."""
+    if packet[0] >> 4 == 4:
+        return "::ffff:" + socket.inet_ntop(socket.AF_INET, packet[12:16])
+    return socket.inet_ntop(socket.AF_INET6, packet[8:24])
 
 
 def _tcp_offset(packet: bytes) -> int:
@@ -160,7 +171,7 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> Replayed:
         server.wait(timeout=10)
     for line in (work / "records.jsonl").read_text().splitlines():
         record = json.loads(line)
-        out.records.setdefault(record["peer_port"], []).append(record)
+        out.records.setdefault((record["peer"], record["peer_port"]), []).append(record)
     return out
 
 
@@ -258,7 +269,7 @@ def test_the_same_syn_can_be_replayed_twice(replayed: Replayed) -> None:
     first, second = replayed.repeat_results
     assert first.ok and second.ok, (first.error, second.error)
     assert second.syn_resent
-    assert [bytes.fromhex(r["saved_syn"]) for r in replayed.records[40000]] == [
+    assert [bytes.fromhex(r["saved_syn"]) for r in replayed.records[("::ffff:198.18.0.9", 40000)]] == [
         build_syn(PORT, src="198.18.0.9", sport=40000, seq=1000, options=LINUX_OPTIONS)] * 2
 
 
