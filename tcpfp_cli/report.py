@@ -1073,6 +1073,9 @@ def build_report(paths: Sequence[str], fmt: str | None = None, options: ReportOp
                     raise ReportError(f"{label}: the input is empty" if whole else
                                       f"{label}: the first {len(sample):,} bytes are blank lines; "
                                       "give the log's LogFormat with --format 'FORMAT'")
+                if found is None and not whole and b"\n" not in sample:
+                    raise ReportError(f"{label}: the first line is longer than {len(sample):,} bytes, too long "
+                                      "to recognise the format; give the log's LogFormat with --format 'FORMAT'")
                 if found is None:
                     raise ReportError(
                         f"{label}: the first lines fit none of the formats tcpfp, combined, common; "

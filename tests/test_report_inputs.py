@@ -201,3 +201,20 @@ def test_blocks_are_the_input_cut_after_line_ends_whatever_the_read_size(data, c
     blocks = [block for block, _ in reader._blocks(io.BytesIO(data), "test")]
     assert all(block.endswith(b"\n") and block for block in blocks)
     assert b"".join(blocks) == (data + b"\n" if data and not data.endswith(b"\n") else data)
+
+
+def test_a_first_line_too_long_to_recognise_the_format_says_so(tmp_path, monkeypatch):
+    """Format detection reads at most CHUNK_BYTES: a first line longer than that (a NUL region
+    of a log cut while written) is named as the reason, and --format still reads the log."""
+    from tcpfp_cli import logreader
+
+    monkeypatch.setattr(logreader, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(logreader.read_sample, "__defaults__", (logreader.SAMPLE_LINES, 4096))
+    log = tmp_path / "cut.log"
+    log.write_text("\0" * 10_000 + "\n" + "\n".join(line(n) for n in range(5)) + "\n")
+    code, _, err = invoke(str(log))
+    assert one_line_error(code, err) and "the first line is longer than 4,096 bytes" in err
+    code, out, err = invoke("--json", "--format", "tcpfp", str(log))
+    assert code == 0, err
+    summary = json.loads(out)["summary"]
+    assert (summary["parsed"], summary["malformed"]) == (5, 1)
