@@ -715,10 +715,9 @@ class Connection(asyncio.Protocol):
         head: RequestHead | None = found[0] if found is not None else None
         line = head.request_line if head is not None else request_line_of(data, limits.line_bytes)
         body = b"503 Service Unavailable: too many connections\n"
-        answer = response_head(503, "text/plain", len(body), False) + body
-        self._write_last(answer)
+        out = self._write_error(503, body)
         self.received = len(data)
-        self._log(line, head, 503, len(body), out=len(answer))
+        self._log(line, head, 503, len(body), out=out)
         self.closing = True
         self.transport.close()
 
@@ -857,9 +856,7 @@ class Connection(asyncio.Protocol):
         body = f"{status} {REASONS[status]}\n".encode()
         sent = out = 0
         if not self.transport.is_closing() and not self.write_paused:  # paused: it reads nothing
-            answer = response_head(status, "text/plain", len(body), False) + body
-            self._write_last(answer)
-            sent, out = len(body), len(answer)
+            sent, out = len(body), self._write_error(status, body)
         self._log(line, head_or_none, status, sent, out=out)
         self.transport.close()
 
@@ -936,9 +933,8 @@ class Connection(asyncio.Protocol):
 
     def _reject(self, error: BadRequest) -> None:
         body = f"{error.status} {REASONS.get(error.status, '')}: {error.reason}\n".encode()
-        answer = response_head(error.status, "text/plain", len(body), False) + body
-        self._write_last(answer)
-        self._log(error.request_line, None, error.status, len(body), out=len(answer))
+        out = self._write_error(error.status, body)
+        self._log(error.request_line, None, error.status, len(body), out=out)
         self.closing = True
         self.transport.close()
 
@@ -1007,6 +1003,12 @@ class Connection(asyncio.Protocol):
             self.transport.close()
             if self.transport.get_write_buffer_size():
                 self._arm_send()
+
+    def _write_error(self, status: int, body: bytes) -> int:
+        """Write a plain-text error answer as the connection's last; its length (%O)."""
+        answer = response_head(status, "text/plain", len(body), False) + body
+        self._write_last(answer)
+        return len(answer)
 
     def _write_last(self, answer: bytes) -> None:
         """Write the connection's last answer; the caller closes the transport right after."""
