@@ -452,7 +452,7 @@ def _regex_parts(items: tuple[Item, ...]) -> list[str]:
 
 def _holds_spaces(item: Item) -> bool:
     """A directive whose text may hold any spaces (``_delimited``): it can end anywhere in a run."""
-    return isinstance(item, Directive) and item.pattern.startswith(r'[^\t\n\r\f\v"\\')
+    return isinstance(item, Directive) and item.pattern.startswith(_SPACED_TEXT)
 
 
 def _one_space_will_do(before: Item, item: Item, after: Item | None) -> bool:
@@ -672,9 +672,12 @@ def _delimited(item: Directive, before: Item | None, after: Item | None) -> str:
     that lets the rest of the line fit.
     """
     delimiter = "" if item.letter == "r" else _delimiter(before, after)
-    plain = rf'[^\t\n\r\f\v"\\{re.escape(delimiter)}]*'
+    plain = rf'{_SPACED_TEXT}{re.escape(delimiter)}]*'
     return rf'{plain}(?:\\\S{plain})*'
 
+
+#: How the pattern of text that may hold spaces begins (``_delimited``; ``_holds_spaces`` asks).
+_SPACED_TEXT = r'[^\t\n\r\f\v"\\'
 
 #: The delimiters between which escaped text may hold spaces: a tab (which Apache always
 #: escapes) and "|".  Other characters that glue fields (":" of ``%h:%{remote}p``, "," of a
